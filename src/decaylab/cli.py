@@ -1,0 +1,263 @@
+"""The `decaylab` command line: train, generate, evaluate, audit, data, demo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from decaylab.errors import UserError
+
+app = typer.Typer(
+    help="Train seq2seq text-generation models with weight decay done right, and choose λ on evidence.",
+    no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich",
+)
+data_app = typer.Typer(help="Builtin datasets: list, show, export.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (sections: data, "
+                                                "tokenizer, model, train, regularization, generation).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any key: section.key=value (repeatable).")]
+
+
+def _flag_overrides(**flags: object) -> list[str]:
+    """`--set` strings for the dedicated flags that were given."""
+    return [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
+def build_run_config(config: Path | None, sets: list[str] | None, **flags: object):
+    """Config file, then dedicated flags, then --set (the most explicit wins)."""
+    from decaylab.config import load_config
+
+    return load_config(config, _flag_overrides(**flags) + list(sets or []))
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    data: Annotated[str | None, typer.Option(help="Builtin dataset name or a TSV/JSONL file.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Model size preset: tiny, small, base.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam, adamw or sgd.")] = None,
+    mode: Annotated[str | None, typer.Option(help="Regularization mode: none, l2, coupled, decoupled.")] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", "--lambda", help="λ.")] = None,
+    l1: Annotated[float | None, typer.Option(help="L1 strength λ₁.")] = None,
+    decay_set: Annotated[str | None, typer.Option(help="all, no_bias_norm, matrices, matrices_no_embedding.")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout probability.")] = None,
+    max_examples: Annotated[int | None, typer.Option(help="Use at most this many training pairs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast).")] = None,
+    sets: SetOpt = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run folder from checkpoints/last.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final summary.")] = False,
+) -> None:
+    """Train a model; writes config.yaml, meta.json, metrics.jsonl, tokenizer and checkpoints to --output."""
+    from decaylab.training import Trainer, resume_run
+
+    if resume is not None:
+        result = resume_run(resume, quiet=quiet)
+    else:
+        cfg = build_run_config(
+            config, sets, **{"data.name": data, "model.preset": preset, "train.epochs": epochs, "train.lr": lr,
+                             "train.optimizer": optimizer, "regularization.mode": mode,
+                             "regularization.weight_decay": weight_decay, "regularization.l1": l1,
+                             "regularization.decay_set": decay_set, "model.dropout": dropout,
+                             "data.max_examples": max_examples, "seed": seed, "train.device": device,
+                             "train.precision": precision})
+        if output is None:
+            raise UserError("--output: give the run folder to write, e.g. --output runs/first")
+        result = Trainer(cfg, output, quiet=quiet).fit()
+    best = result.best
+    typer.echo(f"best val loss {best['val_loss']:.4f} (ppl {best['val_ppl']:.2f}) at step {best['step']}; "
+               f"run folder {result.run_dir}")
+
+
+@app.command()
+def generate(
+    run: Annotated[Path, typer.Argument(help="A trained run folder.")],
+    input: Annotated[str, typer.Option("--input", "-i", help="File with one source per line, or - for stdin.")],
+    beam: Annotated[int, typer.Option(help="Beam size (1 = greedy).")] = 1,
+    method: Annotated[str | None, typer.Option(help="greedy, beam or sample (default from --beam).")] = None,
+    length_penalty: Annotated[float | None, typer.Option(help="Beam length penalty α.")] = None,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Sampling: keep the k most likely tokens (0 = all).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Sampling: nucleus mass.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+) -> None:
+    """Translate each input line; writes one output per line to stdout."""
+    from decaylab.generation import translate
+    from decaylab.training.load import load_trained
+
+    lines = _read_lines(input)
+    trained = load_trained(run, checkpoint, device)
+    gen = trained.config.generation
+    outputs = translate(trained.model, trained.tokenizer, lines, method=method or ("beam" if beam > 1 else "greedy"),
+                        beam=beam, length_penalty=gen.length_penalty if length_penalty is None else length_penalty,
+                        max_len_ratio=gen.max_len_ratio, max_len_extra=gen.max_len_extra, device=trained.device,
+                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    sys.stdout.write("".join(line + "\n" for line in outputs))
+
+
+def _read_lines(source: str) -> list[str]:
+    if source == "-":
+        return [line.rstrip("\r\n") for line in sys.stdin]
+    path = Path(source)
+    if not path.is_file():
+        raise UserError(f"{path}: input file not found")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A trained run folder.")],
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "test",
+    beam: Annotated[int | None, typer.Option(help="Beam size for BLEU/chrF (default: the run's generation.beam).")]
+    = None,
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    max_examples: Annotated[int | None, typer.Option(help="Evaluate only the first N pairs of the split.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+) -> None:
+    """Loss, perplexity, BLEU, chrF and generalization gap on a split; written to RUN/eval.json."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from decaylab.evaluation.evaluate import evaluate_run
+
+    result = evaluate_run(run, split, beam, checkpoint, max_examples, device)
+    table = Table(title=f"{run} — {split} ({result['examples']} pairs, {checkpoint} checkpoint, beam {result['beam']})")
+    for key in ("loss", "ppl", "bleu", "chrf", "train_loss", "gap"):
+        table.add_column(key, justify="right")
+    table.add_row(*(f"{result[key]:.4f}" if key in ("loss", "train_loss", "gap") else f"{result[key]:.2f}"
+                    for key in ("loss", "ppl", "bleu", "chrf", "train_loss", "gap")))
+    console = Console()
+    console.print(table)
+    console.print(f"BLEU signature: {result['bleu_signature']}\nchrF signature: {result['chrf_signature']}")
+
+
+@app.command()
+def audit(
+    config: Annotated[Path | None, typer.Argument(help="YAML config (default: built-in defaults).")] = None,
+    sets: SetOpt = None,
+    mode: Annotated[str | None, typer.Option(help="Regularization mode.")] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", "--lambda", help="λ.")] = None,
+    decay_set: Annotated[str | None, typer.Option(help="Decay set.")] = None,
+    vocab_size: Annotated[int | None, typer.Option(help="Vocabulary size to build the model with "
+                                                   "(default: tokenizer.vocab_size).")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="For the EMA timescale in epochs.")] = None,
+) -> None:
+    """Show which parameters are decayed, with what λ, and warn about known pitfalls."""
+    from decaylab.models import build_model
+    from decaylab.regularization import Regularization
+
+    cfg = build_run_config(config, sets, **{"regularization.mode": mode, "regularization.weight_decay": weight_decay,
+                                            "regularization.decay_set": decay_set})
+    model = build_model(cfg.model, vocab_size or cfg.tokenizer.vocab_size)
+    reg = _regularization(Regularization, cfg)
+    report = reg.audit(model, optimizer_name=cfg.train.optimizer, lr=cfg.train.lr,
+                       steps=cfg.train.max_steps, steps_per_epoch=steps_per_epoch)
+    report.render()
+
+
+def _regularization(factory, cfg):
+    try:
+        return factory(**cfg.regularization.model_dump())
+    except ValueError as exc:
+        raise UserError(f"regularization: {exc}") from None
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """Builtin datasets: name, pairs, languages, licence."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from decaylab.data.builtin import builtin_datasets
+
+    table = Table(title="builtin datasets")
+    for column in ("name", "pairs", "source → target", "licence", "description"):
+        table.add_column(column)
+    for info in builtin_datasets().values():
+        table.add_row(info.name, str(info.pairs), f"{info.source_name} → {info.target_name}", info.licence,
+                      info.description)
+    Console().print(table)
+
+
+@data_app.command("show")
+def data_show(
+    name: Annotated[str, typer.Argument(help="Builtin dataset name or a file.")],
+    split: Annotated[str, typer.Option(help="train, valid or test.")] = "train",
+    n: Annotated[int, typer.Option("-n", help="How many pairs to show.")] = 5,
+) -> None:
+    """Split sizes and the first pairs of a split."""
+    from rich.console import Console
+
+    from decaylab.config import DataConfig
+    from decaylab.data.splits import load_splits
+
+    splits = load_splits(DataConfig(name=name))
+    console = Console()
+    console.print(f"{splits.origin}: {splits.sizes()}  fingerprint {splits.fingerprint[:16]}")
+    for pair in getattr(splits, _check_split(split))[:n]:
+        console.print(f"[bold]src[/bold] {pair.source}\n[bold]tgt[/bold] {pair.target}\n", markup=True,
+                      highlight=False)
+
+
+def _check_split(split: str) -> str:
+    if split not in ("train", "valid", "test"):
+        raise UserError(f"--split: must be train, valid or test (got {split!r})")
+    return split
+
+
+@data_app.command("export")
+def data_export(
+    name: Annotated[str, typer.Argument(help="Builtin dataset name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="TSV file to write.")],
+    split: Annotated[str | None, typer.Option(help="train, valid or test (default: all pairs).")] = None,
+) -> None:
+    """Write a builtin dataset (or one split) as source<TAB>target TSV."""
+    from decaylab.config import DataConfig
+    from decaylab.data.builtin import load_builtin
+    from decaylab.data.splits import load_splits
+    from decaylab.files import atomic_write_text
+
+    pairs = getattr(load_splits(DataConfig(name=name)), _check_split(split)) if split else load_builtin(name)
+    atomic_write_text(output, "".join(f"{p.source}\t{p.target}\n" for p in pairs))
+    typer.echo(f"wrote {len(pairs)} pairs to {output}")
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the demo runs.")] = Path("runs/demo"),
+    sets: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train bible-en-es with λ = 0 and λ > 0 and print the comparison (a few minutes on 2 CPU cores)."""
+    from decaylab.demo import run_demo
+
+    run_demo(output, list(sets or []), quiet=quiet)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted; a run can be continued with `decaylab train --resume RUN`", err=True)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

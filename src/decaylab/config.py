@@ -1,0 +1,245 @@
+"""Run configuration: pydantic models for every section, YAML load/save and `--set` overrides."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from decaylab.errors import UserError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # For tests: trains in seconds on the fixture.
+    "tiny": {"embed_dim": 32, "hidden": 64, "layers": 1, "bidirectional": True},
+    # The demo size: overfits a few thousand Bible verses within minutes on 2 CPU cores.
+    "small": {"embed_dim": 128, "hidden": 256, "layers": 1, "bidirectional": True},
+    "base": {"embed_dim": 256, "hidden": 512, "layers": 2, "bidirectional": True},
+}
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number (got NaN or infinity)")
+        return value
+
+
+class DataConfig(Section):
+    """Where the pairs come from and which ones are kept."""
+
+    name: str = Field("bible-en-es", description="builtin dataset name or a TSV/JSONL file path")
+    valid_file: str | None = Field(None, description="separate validation file (then `name` is the train file)")
+    test_file: str | None = Field(None, description="separate test file")
+    format: Literal["auto", "tsv", "jsonl"] = "auto"
+    max_examples: int | None = Field(None, ge=1, description="keep at most this many training pairs")
+    max_valid_examples: int | None = Field(None, ge=1)
+    max_test_examples: int | None = Field(None, ge=1)
+    min_words: int = Field(1, ge=1, description="drop pairs with a side shorter than this (whitespace words)")
+    max_words: int | None = Field(None, ge=1, description="drop pairs with a side longer than this")
+    max_line_chars: int = Field(10_000, ge=1, description="a longer input line is a bad line")
+    split: tuple[float, float, float] = Field((0.90, 0.05, 0.05), description="train/valid/test shares")
+    on_bad_line: Literal["error", "skip"] = "error"
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(share < 0 for share in value) or abs(sum(value) - 1.0) > 1e-6 or value[0] <= 0:
+            raise ValueError(f"must be three non-negative shares summing to 1 with train > 0 (got {value})")
+        return value
+
+
+class TokenizerConfig(Section):
+    """One byte-level BPE vocabulary shared by source and target, trained on the training split."""
+
+    vocab_size: int = Field(8000, ge=64, le=1_000_000)
+    min_frequency: int = Field(2, ge=1)
+    lowercase: bool = False
+
+
+class ModelConfig(Section):
+    """The encoder-decoder; `preset` fills sizes that are not given explicitly."""
+
+    arch: Literal["rnn"] = "rnn"
+    preset: Literal["tiny", "small", "base"] | None = None
+    cell: Literal["gru", "lstm"] = "gru"
+    embed_dim: int = Field(128, ge=1)
+    hidden: int = Field(256, ge=1)
+    layers: int = Field(1, ge=1, le=8)
+    bidirectional: bool = True
+    attention: Literal["dot", "general", "additive", "none"] = "general"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    tie_embeddings: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None:
+            preset = PRESETS.get(data["preset"])
+            if preset is not None:  # an unknown name is reported by the Literal check
+                data = {**preset, **{k: v for k, v in data.items() if v is not None}}
+        return data
+
+
+class TrainConfig(Section):
+    """Optimizer, schedule, batching, evaluation and stopping."""
+
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(2e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_tokens: int = Field(2048, ge=16, description="padded tokens (longer side) per length-bucketed batch")
+    max_batch_size: int = Field(256, ge=1)
+    clip_norm: float | None = Field(1.0, gt=0)
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps; 0 = once per epoch")
+    patience: int | None = Field(None, ge=1, description="stop after this many evaluations without improvement")
+    max_eval_examples: int | None = Field(None, ge=1, description="evaluate val loss on at most this many pairs")
+    bleu_examples: int = Field(0, ge=0, description="pairs of the validation split decoded for BLEU each eval")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    tensorboard: bool = False
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError(f"each beta must be in [0, 1) (got {value})")
+        return value
+
+
+class RegularizationConfig(Section):
+    """Maps 1:1 onto `decaylab.regularization.Regularization` (see docs/regularization.md)."""
+
+    mode: Literal["none", "l2", "coupled", "decoupled"] = "none"
+    weight_decay: float = Field(0.0, ge=0)
+    l1: float = Field(0.0, ge=0)
+    decay_set: Literal["all", "no_bias_norm", "matrices", "matrices_no_embedding"] = "no_bias_norm"
+    decay_scaling: Literal["lr", "schedule"] = "lr"
+    exclude: list[str] = Field(default_factory=list)
+    multipliers: dict[str, float] = Field(default_factory=dict)
+    allow_double: bool = False
+
+
+class GenerationConfig(Section):
+    """Decoding defaults for `generate`, evaluation BLEU and samples."""
+
+    beam: int = Field(1, ge=1, le=64)
+    length_penalty: float = Field(1.0, ge=0)
+    max_len_ratio: float = Field(1.5, gt=0)
+    max_len_extra: int = Field(10, ge=0)
+
+
+class Config(Section):
+    """A complete, resolved run configuration."""
+
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+
+def _format_validation_error(error: ValidationError, origin: str) -> str:
+    """One line per problem: the dotted field, what was wrong, what was given."""
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(loc) for loc in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check spelling; see `decaylab train --help` for the sections)"
+        given = item.get("input")
+        shown = "" if isinstance(given, dict) or item["type"] == "missing" else f" (got {given!r})"
+        parts.append(f"config field '{field}': {message}{shown}")
+    return f"{origin}: " + "; ".join(parts)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `section.key=value` into a key path and a YAML-parsed value."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected section.key=value, e.g. --set model.hidden=128")
+    key, raw = text.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise UserError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the raw config dict with each `section.key=value` applied."""
+    result = yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"--set {text!r}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def build_config(raw: dict[str, Any], origin: str = "config") -> Config:
+    """Validate a raw dict into a Config, raising UserError with every bad field named."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_format_validation_error(exc, origin)) from None
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a clear error for a missing or malformed file."""
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not valid UTF-8") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of sections (data, model, train, …) at the top level")
+    return data
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults), apply overrides, validate."""
+    raw = load_yaml(path) if path is not None else {}
+    raw = apply_overrides(raw, overrides or [])
+    return build_config(raw, origin=str(path) if path is not None else "config")
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """A JSON/YAML-safe dict of the fully resolved config."""
+    return config.model_dump(mode="json")
+
+
+def dump_yaml(config: Config) -> str:
+    """The resolved config as YAML text, in section order."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)

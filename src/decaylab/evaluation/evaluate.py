@@ -1,0 +1,54 @@
+"""`decaylab evaluate`: a trained run's loss, perplexity, BLEU, chrF and generalization gap on a split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from decaylab.data.splits import load_splits
+from decaylab.errors import UserError
+from decaylab.evaluation.metrics import corpus_loss, perplexity, text_metrics
+from decaylab.files import atomic_write_json
+from decaylab.generation import translate
+from decaylab.training.load import load_trained
+from decaylab.training.trainer import encode_pairs, eval_subset
+
+SPLITS = ("train", "valid", "test")
+
+
+def evaluate_run(run_dir: Path, split: str = "test", beam: int | None = None, checkpoint: str = "best",
+                 max_examples: int | None = None, device: str | None = None) -> dict[str, Any]:
+    """Evaluate one split of a run and merge the result into the run's eval.json (keyed by split)."""
+    if split not in SPLITS:
+        raise UserError(f"--split: must be one of {', '.join(SPLITS)} (got {split!r})")
+    run = load_trained(run_dir, checkpoint, device)
+    splits = load_splits(run.config.data)
+    meta = json.loads(run.paths.meta.read_text(encoding="utf-8")) if run.paths.meta.is_file() else {}
+    recorded = meta.get("data", {}).get("fingerprint")
+    pairs = getattr(splits, split)
+    if max_examples:
+        pairs = pairs[:max_examples]
+    if not pairs:
+        raise UserError(f"{run.config.data.name}: the {split} split is empty")
+    precision = run.config.train.precision
+    loss = corpus_loss(run.model, encode_pairs(run.tokenizer, pairs), run.device, precision=precision)
+    train_pairs = [splits.train[i] for i in eval_subset(len(splits.train), len(pairs), run.config.seed)]
+    train_loss = corpus_loss(run.model, encode_pairs(run.tokenizer, train_pairs), run.device, precision=precision)
+    gen = run.config.generation
+    beam = beam or gen.beam
+    hypotheses = translate(run.model, run.tokenizer, [p.source for p in pairs], method="beam" if beam > 1 else "greedy",
+                           beam=beam, length_penalty=gen.length_penalty, max_len_ratio=gen.max_len_ratio,
+                           max_len_extra=gen.max_len_extra, device=run.device)
+    scores = text_metrics(hypotheses, [p.target for p in pairs])
+    result = {
+        "split": split, "checkpoint": checkpoint, "examples": len(pairs), "beam": beam,
+        "loss": loss, "ppl": perplexity(loss), "train_loss": train_loss, "gap": loss - train_loss,
+        **scores.to_dict(),
+        "data_fingerprint": splits.fingerprint,
+        "fingerprint_matches_training": recorded == splits.fingerprint if recorded else None,
+    }
+    existing = json.loads(run.paths.eval.read_text(encoding="utf-8")) if run.paths.eval.is_file() else {}
+    existing[split] = result
+    atomic_write_json(run.paths.eval, existing)
+    return result

@@ -1,0 +1,65 @@
+"""Metrics: mean token loss and perplexity of a split, and corpus BLEU/chrF through sacrebleu's objects."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+from sacrebleu.metrics import BLEU, CHRF
+from torch import nn
+
+from decaylab.data.batching import EncodedPairs
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast when asked for, a no-op context otherwise."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.inference_mode()
+def corpus_loss(model: nn.Module, data: EncodedPairs, device: torch.device, batch_tokens: int = 8192,
+                precision: str = "fp32") -> float:
+    """Mean cross-entropy in nats per target token (EOS included) over a split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    try:
+        for batch in data.batches(batch_tokens, 1024, seed=0, shuffle=False):
+            batch = batch.to(device)
+            with autocast(device, precision):
+                total += float(model(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out))
+            tokens += batch.n_tokens
+    finally:
+        model.train(was_training)
+    return total / max(1, tokens)
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), capped so a diverged model prints inf rather than overflowing."""
+    return math.exp(loss) if loss < 700 else float("inf")
+
+
+@dataclass
+class TextMetrics:
+    """Corpus BLEU and chrF with the sacrebleu signatures that say exactly how they were computed."""
+
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    chrf_signature: str
+
+    def to_dict(self) -> dict[str, float | str]:
+        """Plain dict for JSON."""
+        return asdict(self)
+
+
+def text_metrics(hypotheses: list[str], references: list[str]) -> TextMetrics:
+    """Corpus BLEU (13a tokenization) and chrF (character 6-grams, beta 2) against one reference each."""
+    bleu, chrf = BLEU(), CHRF()
+    bleu_score = bleu.corpus_score(hypotheses, [references])
+    chrf_score = chrf.corpus_score(hypotheses, [references])
+    return TextMetrics(bleu_score.score, chrf_score.score, str(bleu.get_signature()), str(chrf.get_signature()))

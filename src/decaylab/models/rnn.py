@@ -1,0 +1,153 @@
+"""The seed's recurrent encoder-decoder, done right.
+
+Encoder: embedding -> (bi)GRU/LSTM over the packed source. Decoder: embedding of the target shifted right
+(teacher forcing, never the source) -> GRU/LSTM initialised from the encoder's final state -> global
+attention over the encoder outputs (Luong et al. 2015: dot, general, or Bahdanau's additive score) ->
+attentional state tanh(W[c; h]) -> dropout -> output projection (optionally tied to the target embedding).
+Attention follows the recurrent step, so the decoder RNN runs over the whole target in one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from decaylab.config import ModelConfig
+from decaylab.data.tokenizer import PAD_ID
+
+RNNState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class Memory:
+    """What the decoder attends to: encoder outputs, their pad mask, and the decoder's initial state."""
+
+    outputs: torch.Tensor  # [B, S, H]
+    mask: torch.Tensor  # [B, S] True at real tokens
+    state: RNNState
+    keys: torch.Tensor  # outputs pre-projected for the attention score ([B, S, H] or [B, S, A])
+
+    def select(self, index: torch.Tensor) -> Memory:
+        """Rows `index` of the batch (beam search repeats and reorders them)."""
+        return Memory(self.outputs.index_select(0, index), self.mask.index_select(0, index),
+                      _map_state(self.state, lambda s: s.index_select(1, index)),
+                      self.keys.index_select(0, index))
+
+
+def _map_state(state: RNNState, fn) -> RNNState:
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+
+
+class Attention(nn.Module):
+    """Global attention scores between decoder states [B, T, H] and encoder outputs [B, S, H]."""
+
+    def __init__(self, kind: str, hidden: int):
+        super().__init__()
+        self.kind = kind
+        if kind == "general":
+            self.key_proj = nn.Linear(hidden, hidden, bias=False)
+        elif kind == "additive":
+            self.key_proj = nn.Linear(hidden, hidden, bias=False)
+            self.query_proj = nn.Linear(hidden, hidden, bias=True)
+            self.score = nn.Linear(hidden, 1, bias=False)
+
+    def keys(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Pre-project the encoder outputs once per source (reused at every decoding step)."""
+        return outputs if self.kind == "dot" else self.key_proj(outputs)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        """Context vectors [B, T, H]; padded source positions get zero weight."""
+        if self.kind == "additive":
+            energy = torch.tanh(self.query_proj(query).unsqueeze(2) + keys.unsqueeze(1))  # [B, T, S, H]
+            scores = self.score(energy).squeeze(-1)
+        else:
+            scores = torch.bmm(query, keys.transpose(1, 2))
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        return torch.bmm(torch.softmax(scores, dim=-1), values)
+
+
+class Seq2Seq(nn.Module):
+    """GRU/LSTM encoder-decoder with attention; `forward` gives the summed token loss of a batch."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        if cfg.bidirectional and cfg.hidden % 2:
+            raise ValueError(f"model.hidden must be even with bidirectional=True (got {cfg.hidden})")
+        self.cfg = cfg
+        rnn = nn.GRU if cfg.cell == "gru" else nn.LSTM
+        between = cfg.dropout if cfg.layers > 1 else 0.0
+        enc_hidden = cfg.hidden // 2 if cfg.bidirectional else cfg.hidden
+        self.src_embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=PAD_ID)
+        self.encoder = rnn(cfg.embed_dim, enc_hidden, cfg.layers, batch_first=True,
+                           bidirectional=cfg.bidirectional, dropout=between)
+        self.tgt_embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=PAD_ID)
+        self.decoder = rnn(cfg.embed_dim, cfg.hidden, cfg.layers, batch_first=True, dropout=between)
+        self.dropout = nn.Dropout(cfg.dropout)
+        if cfg.attention != "none":
+            self.attention = Attention(cfg.attention, cfg.hidden)
+            self.combine = nn.Linear(2 * cfg.hidden, cfg.hidden, bias=False)
+        self.bottleneck = (nn.Linear(cfg.hidden, cfg.embed_dim, bias=False)
+                           if cfg.tie_embeddings and cfg.embed_dim != cfg.hidden else None)
+        self.output = nn.Linear(cfg.embed_dim if self.bottleneck is not None else cfg.hidden, vocab_size)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tgt_embed.weight
+
+    # -- encoder ---------------------------------------------------------------------------------------
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> Memory:
+        """Run the encoder over padded sources and build the decoder's memory and initial state."""
+        embedded = self.dropout(self.src_embed(src))
+        packed = pack_padded_sequence(embedded, src_len.cpu(), batch_first=True, enforce_sorted=False)
+        outputs, final = self.encoder(packed)
+        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
+        state = _map_state(final, self._bridge)
+        keys = self.attention.keys(outputs) if self.cfg.attention != "none" else outputs
+        return Memory(outputs, src != PAD_ID, state, keys)
+
+    def _bridge(self, final: torch.Tensor) -> torch.Tensor:
+        """Encoder final state [layers*dirs, B, h] -> decoder initial state [layers, B, H] (directions joined)."""
+        if not self.cfg.bidirectional:
+            return final
+        layers, batch = self.cfg.layers, final.size(1)
+        return final.view(layers, 2, batch, -1).transpose(1, 2).reshape(layers, batch, -1).contiguous()
+
+    # -- decoder ---------------------------------------------------------------------------------------
+    def decode(self, tgt_in: torch.Tensor, memory: Memory, state: RNNState | None = None
+               ) -> tuple[torch.Tensor, RNNState]:
+        """Attentional decoder states [B, T, D] for a (prefix of the) shifted target, and the new RNN state."""
+        embedded = self.dropout(self.tgt_embed(tgt_in))
+        hidden, state = self.decoder(embedded, memory.state if state is None else state)
+        if self.cfg.attention != "none":
+            context = self.attention(hidden, memory.keys, memory.outputs, memory.mask)
+            hidden = torch.tanh(self.combine(torch.cat([context, hidden], dim=-1)))
+        hidden = self.dropout(hidden)
+        if self.bottleneck is not None:
+            hidden = self.bottleneck(hidden)
+        return hidden, state
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary scores for attentional decoder states."""
+        return self.output(hidden)
+
+    def forward(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
+                label_smoothing: float = 0.0) -> torch.Tensor:
+        """Summed cross-entropy (nats) over non-pad target tokens; pad positions never reach the output layer."""
+        hidden, _ = self.decode(tgt_in, self.encode(src, src_len))
+        keep = tgt_out != PAD_ID
+        # Project only real tokens: the vocabulary projection dominates the step, padding would waste it.
+        logits = self.logits(hidden[keep])
+        return F.cross_entropy(logits.float(), tgt_out[keep], reduction="sum", label_smoothing=label_smoothing)
+
+    def step(self, tokens: torch.Tensor, memory: Memory, state: RNNState) -> tuple[torch.Tensor, RNNState]:
+        """One decoding step: log-probabilities [N, V] of the next token and the new state."""
+        hidden, state = self.decode(tokens.unsqueeze(1), memory, state)
+        return torch.log_softmax(self.logits(hidden[:, 0]).float(), dim=-1), state
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct trainable parameters (a tied weight counts once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,100 @@
+"""The run folder (DESIGN.md §5): paths, the resolved config, and meta.json (versions, seed, data)."""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from decaylab import __version__
+from decaylab.config import Config, build_config, dump_yaml, load_yaml
+from decaylab.errors import UserError
+from decaylab.files import atomic_write_json, atomic_write_text
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every file a run writes, relative to its folder."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "meta.json"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def last(self) -> Path:
+        return self.root / "checkpoints" / "last"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "checkpoints" / "best"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.jsonl"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval.json"
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of every library that can change the numbers."""
+    found = {"python": platform.python_version(), "decaylab": __version__, "torch": torch.__version__}
+    for package in ("tokenizers", "sacrebleu", "safetensors", "numpy", "pydantic"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def build_meta(config: Config, fingerprint: str, sizes: dict[str, int], origin: str, device: torch.device,
+               n_params: int) -> dict[str, Any]:
+    """What meta.json records so that the run can be reproduced and compared."""
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": sys.argv,
+        "seed": config.seed,
+        "versions": versions(),
+        "data": {"origin": origin, "fingerprint": fingerprint, "sizes": sizes},
+        "host": {"node": platform.node(), "machine": platform.machine(), "system": platform.system(),
+                 "cpu_threads": torch.get_num_threads()},
+        "device": str(device),
+        "parameters": n_params,
+    }
+
+
+def write_run_header(paths: RunPaths, config: Config, meta: dict[str, Any]) -> None:
+    """Write config.yaml and meta.json atomically."""
+    atomic_write_text(paths.config, dump_yaml(config))
+    atomic_write_json(paths.meta, meta)
+
+
+def load_run_config(run: Path) -> Config:
+    """The resolved config of an existing run folder, or a clear error if it is not one."""
+    paths = RunPaths(Path(run))
+    if not paths.root.is_dir():
+        raise UserError(f"{run}: run folder not found")
+    if not paths.config.is_file():
+        raise UserError(f"{run}: not a decaylab run folder (no config.yaml)")
+    return build_config(load_yaml(paths.config), origin=str(paths.config))

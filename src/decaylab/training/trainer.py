@@ -1,0 +1,321 @@
+"""The training loop: batches -> loss (+ penalty) -> step (+ decay) -> evaluate -> checkpoint, resumable."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from decaylab.config import Config
+from decaylab.data.batching import Batch, EncodedPairs, bucket_batches, collate
+from decaylab.data.splits import Splits, load_splits
+from decaylab.data.tokenizer import encode, load_tokenizer, train_tokenizer
+from decaylab.errors import UserError
+from decaylab.evaluation.metrics import autocast, corpus_loss, perplexity
+from decaylab.files import atomic_write_jsonl, read_jsonl
+from decaylab.models import build_model, count_parameters
+from decaylab.regularization import Regularization
+from decaylab.training.checkpoint import load_model_weights, load_trainer_state, save_checkpoint
+from decaylab.training.run_files import RunPaths, build_meta, load_run_config, write_run_header
+from decaylab.training.schedule import lr_multiplier
+
+log = logging.getLogger(__name__)
+
+# Fault injection for the resume test: SIGKILL this process right after the given optimizer step.
+KILL_ENV = "DECAYLAB_KILL_AFTER_STEP"
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when available; asking for CUDA without it is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device: 'cuda' was asked for but torch sees no CUDA device (use auto or cpu)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so the same config and seed give the same numbers."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def encode_pairs(tokenizer: Tokenizer, pairs: list) -> EncodedPairs:
+    """Token ids of a split (sources and targets end with EOS)."""
+    return EncodedPairs(encode(tokenizer, [p.source for p in pairs]), encode(tokenizer, [p.target for p in pairs]))
+
+
+def eval_subset(n: int, limit: int | None, seed: int) -> list[int]:
+    """A fixed sample of indices (the train subset used for the eval-mode training loss)."""
+    if limit is None or n <= limit:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), limit))
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports: its folder, its best evaluation and its metric history."""
+
+    run_dir: Path
+    best_val_loss: float
+    best_step: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """The metrics row with the lowest validation loss."""
+        return min(self.history, key=lambda row: row["val_loss"])
+
+
+class Trainer:
+    """Trains one configuration into one run folder; `fit()` resumes when the folder holds a checkpoint."""
+
+    def __init__(self, config: Config, run_dir: Path, *, splits: Splits | None = None,
+                 tokenizer: Tokenizer | None = None, resume: bool = False, quiet: bool = False,
+                 init_weights: dict[str, torch.Tensor] | None = None):
+        self.config = config
+        self.paths = RunPaths(Path(run_dir))
+        self.quiet = quiet
+        self.resume = resume
+        cfg = config.train
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        self.splits = splits if splits is not None else load_splits(config.data)
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        if tokenizer is None:
+            if resume and self.paths.tokenizer.is_file():
+                tokenizer = load_tokenizer(self.paths.tokenizer)
+            else:
+                texts = [p.source for p in self.splits.train] + [p.target for p in self.splits.train]
+                tokenizer = train_tokenizer(texts, config.tokenizer)
+        self.tokenizer = tokenizer
+        self.tokenizer.save(str(self.paths.tokenizer))
+        self.train_data = encode_pairs(tokenizer, self.splits.train)
+        self.valid_data = encode_pairs(tokenizer, self.splits.valid)
+        limit = cfg.max_eval_examples or len(self.valid_data)
+        self.valid_eval = self.valid_data.subset(eval_subset(len(self.valid_data), limit, config.seed))
+        self.train_eval = self.train_data.subset(eval_subset(len(self.train_data), limit, config.seed))
+
+        seed_everything(config.seed)
+        self.model = build_model(config.model, tokenizer.get_vocab_size()).to(self.device)
+        if init_weights is not None:
+            self.model.load_state_dict(init_weights, strict=False)
+        try:
+            self.reg = Regularization(**config.regularization.model_dump())
+            self.optimizer = self.reg.optimizer(self.model, cfg.optimizer, lr=cfg.lr, **self._optimizer_kwargs())
+        except ValueError as exc:
+            raise UserError(f"regularization: {exc}") from None
+        self.total_steps = cfg.max_steps or sum(len(self._epoch_groups(e)) for e in range(cfg.epochs))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_multiplier(cfg.schedule, cfg.warmup_steps, self.total_steps))
+        self.n_params = count_parameters(self.model)
+
+    def _optimizer_kwargs(self) -> dict[str, Any]:
+        cfg = self.config.train
+        if cfg.optimizer == "sgd":
+            return {"momentum": cfg.momentum, "nesterov": cfg.nesterov}
+        return {"betas": cfg.betas, "eps": cfg.eps}
+
+    def _epoch_groups(self, epoch: int) -> list[list[int]]:
+        """Example indices per batch for `epoch` (the order depends only on seed and epoch)."""
+        cfg = self.config.train
+        return bucket_batches(self.train_data.lengths, cfg.batch_tokens, cfg.max_batch_size,
+                              seed=self.config.seed * 100_003 + epoch)
+
+    def _epoch_batches(self, epoch: int) -> list[Batch]:
+        data = self.train_data
+        return [collate([data.sources[i] for i in g], [data.targets[i] for i in g]) for g in self._epoch_groups(epoch)]
+
+    # -- state ---------------------------------------------------------------------------------------
+    def _state(self, progress: dict[str, Any]) -> dict[str, Any]:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "progress": progress,
+            # Only torch's generator is drawn from during training (dropout); batch order is seeded per epoch.
+            "rng_torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _restore(self) -> dict[str, Any]:
+        load_model_weights(self.paths.last, self.model)
+        state = load_trainer_state(self.paths.last)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_torch"])
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        return state["progress"]
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Validation and eval-mode training loss, perplexity, gap, norms and decay factor."""
+        precision = self.config.train.precision
+        val_loss = corpus_loss(self.model, self.valid_eval, self.device, precision=precision)
+        train_eval_loss = corpus_loss(self.model, self.train_eval, self.device, precision=precision)
+        with torch.no_grad():
+            penalty = float(self.reg.penalty(self.model))
+        row = {"val_loss": val_loss, "val_ppl": perplexity(val_loss), "train_eval_loss": train_eval_loss,
+               "gap": val_loss - train_eval_loss, "penalty": penalty,
+               "decay_factor": self.reg.decay_factor(self.optimizer)}
+        row.update(self.reg.norms(self.model))
+        if self.config.train.bleu_examples:
+            row.update(self.bleu_sample())
+        return row
+
+    def bleu_sample(self) -> dict[str, float]:
+        """Greedy BLEU/chrF on the first `train.bleu_examples` validation pairs."""
+        from decaylab.evaluation.metrics import text_metrics
+        from decaylab.generation import translate
+
+        pairs = self.splits.valid[: self.config.train.bleu_examples]
+        hyps = translate(self.model, self.tokenizer, [p.source for p in pairs], method="greedy",
+                         device=self.device)
+        scores = text_metrics(hyps, [p.target for p in pairs])
+        return {"bleu": scores.bleu, "chrf": scores.chrf}
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Train until the epochs, max_steps or patience run out; returns the best evaluation."""
+        cfg = self.config.train
+        progress = {"step": 0, "epoch": 0, "batch": 0, "best_val_loss": math.inf, "best_step": -1,
+                    "bad_evals": 0, "wall_s": 0.0, "stopped_early": False}
+        history: list[dict[str, Any]] = []
+        if self.resume and (self.paths.last.exists() or self.paths.last.with_name("last.old").exists()):
+            progress = self._restore()
+            history = [row for row in read_jsonl(self.paths.metrics) if row["step"] <= progress["step"]]
+            self._say(f"resuming {self.paths.root} at step {progress['step']} (epoch {progress['epoch']})")
+        else:
+            write_run_header(self.paths, self.config, build_meta(
+                self.config, self.splits.fingerprint, self.splits.sizes(), self.splits.origin, self.device,
+                self.n_params))
+            atomic_write_jsonl(self.paths.metrics, [])
+        kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+        writer = self._tensorboard()
+        self.model.train()
+        started = time.perf_counter() - progress["wall_s"]
+        loss_sum, tok_sum, window_start = 0.0, 0, time.perf_counter()
+        done = progress["stopped_early"] or progress["step"] >= self.total_steps
+        while not done and progress["epoch"] < cfg.epochs:
+            batches = self._epoch_batches(progress["epoch"])
+            for index in range(progress["batch"], len(batches)):
+                loss = self._train_step(batches[index].to(self.device), progress["step"])
+                loss_sum += loss * batches[index].n_tokens
+                tok_sum += batches[index].n_tokens
+                progress["step"] += 1
+                progress["batch"] = index + 1
+                if kill_after and progress["step"] == kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                end_of_epoch = index + 1 == len(batches)
+                if end_of_epoch:
+                    progress["epoch"] += 1
+                    progress["batch"] = 0
+                due = (cfg.eval_every and progress["step"] % cfg.eval_every == 0) or \
+                    (not cfg.eval_every and end_of_epoch)
+                last_step = progress["step"] >= self.total_steps or (end_of_epoch and progress["epoch"] >= cfg.epochs)
+                if due or last_step:
+                    elapsed = time.perf_counter() - window_start
+                    row = {"step": progress["step"], "epoch": round(progress["epoch"] + progress["batch"]
+                                                                     / len(batches), 4),
+                           "train_loss": loss_sum / max(1, tok_sum), "lr": self.optimizer.param_groups[0]["lr"],
+                           "tokens_per_s": tok_sum / max(elapsed, 1e-9)}
+                    row.update(self.evaluate())
+                    progress["wall_s"] = time.perf_counter() - started
+                    row["wall_s"] = progress["wall_s"]
+                    history.append(row)
+                    improved = row["val_loss"] < progress["best_val_loss"]
+                    if improved:
+                        progress.update(best_val_loss=row["val_loss"], best_step=row["step"], bad_evals=0)
+                        save_checkpoint(self.paths.best, self.model, None)
+                    else:
+                        progress["bad_evals"] += 1
+                    if cfg.patience and progress["bad_evals"] >= cfg.patience:
+                        progress["stopped_early"] = True
+                    atomic_write_jsonl(self.paths.metrics, history)
+                    save_checkpoint(self.paths.last, self.model, self._state(progress))
+                    self._report(row, improved, writer)
+                    loss_sum, tok_sum, window_start = 0.0, 0, time.perf_counter()
+                    if progress["stopped_early"]:
+                        self._say(f"early stopping: no val-loss improvement in {cfg.patience} evaluations")
+                if progress["stopped_early"] or progress["step"] >= self.total_steps:
+                    done = True
+                    break
+        if writer is not None:
+            writer.close()
+        return TrainResult(self.paths.root, progress["best_val_loss"], progress["best_step"], history,
+                           progress["stopped_early"])
+
+    def _train_step(self, batch: Batch, step: int) -> float:
+        """One optimizer step; returns the batch's mean task loss per target token."""
+        cfg = self.config.train
+        with autocast(self.device, cfg.precision):
+            task = self.model(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
+                              label_smoothing=cfg.label_smoothing) / batch.n_tokens
+        loss = task + self.reg.penalty(self.model)
+        value = task.item()
+        if not math.isfinite(value) or not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"step {step + 1}: the loss became {value} (lower train.lr, set train.clip_norm, or check the data); "
+                f"stopped, the last good checkpoint is in {self.paths.last}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm, foreach=True)
+        self.optimizer.step()
+        self.scheduler.step()
+        return value
+
+    # -- reporting -----------------------------------------------------------------------------------
+    def _tensorboard(self):
+        if not self.config.train.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("train.tensorboard: needs the tensorboard package "
+                            "(pip install 'decaylab[tensorboard]')") from None
+        return SummaryWriter(str(self.paths.root / "tensorboard"))
+
+    def _report(self, row: dict[str, Any], improved: bool, writer) -> None:
+        if writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    writer.add_scalar(key, value, row["step"])
+        extra = f" bleu {row['bleu']:.2f}" if "bleu" in row else ""
+        self._say(f"step {row['step']:>6} ep {row['epoch']:6.2f} | train {row['train_loss']:.4f} "
+                  f"| val {row['val_loss']:.4f} ppl {row['val_ppl']:.2f}{extra} | gap {row['gap']:+.4f} "
+                  f"| |w_decay| {row['decay_norm']:.2f} | {row['tokens_per_s']:.0f} tok/s"
+                  + (" *" if improved else ""))
+
+    def _say(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+
+def resume_run(run_dir: Path, quiet: bool = False) -> TrainResult:
+    """Continue a run from its `checkpoints/last` with its saved config."""
+    config = load_run_config(run_dir)
+    paths = RunPaths(Path(run_dir))
+    if not (paths.last.exists() or paths.last.with_name("last.old").exists()):
+        raise UserError(f"{run_dir}: no checkpoints/last to resume from")
+    return Trainer(config, run_dir, resume=True, quiet=quiet).fit()
