@@ -95,8 +95,8 @@ def generate(
     from decaylab.generation import translate
     from decaylab.training.load import load_trained
 
-    lines = _read_lines(input)
     trained = load_trained(run, checkpoint, device)
+    lines = _read_lines(input)
     gen = trained.config.generation
     outputs = translate(trained.model, trained.tokenizer, lines, method=method or ("beam" if beam > 1 else "greedy"),
                         beam=beam, length_penalty=gen.length_penalty if length_penalty is None else length_penalty,
@@ -184,11 +184,10 @@ def data_list() -> None:
     from decaylab.data.builtin import builtin_datasets
 
     table = Table(title="builtin datasets")
-    for column in ("name", "pairs", "source → target", "licence", "description"):
+    for column in ("name", "pairs", "source → target", "licence"):
         table.add_column(column)
     for info in builtin_datasets().values():
-        table.add_row(info.name, str(info.pairs), f"{info.source_name} → {info.target_name}", info.licence,
-                      info.description)
+        table.add_row(info.name, str(info.pairs), f"{info.source_name} → {info.target_name}", info.licence)
     Console().print(table)
 
 

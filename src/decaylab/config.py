@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -171,6 +172,9 @@ def _format_validation_error(error: ValidationError, origin: str) -> str:
     return f"{origin}: " + "; ".join(parts)
 
 
+_EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `section.key=value` into a key path and a YAML-parsed value."""
     if "=" not in text:
@@ -183,6 +187,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise UserError(f"--set {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string
     return path, value
 
 

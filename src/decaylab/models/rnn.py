@@ -96,6 +96,12 @@ class Seq2Seq(nn.Module):
         self.output = nn.Linear(cfg.embed_dim if self.bottleneck is not None else cfg.hidden, vocab_size)
         if cfg.tie_embeddings:
             self.output.weight = self.tgt_embed.weight
+        # N(0, 1/d) instead of torch's N(0, 1): with a tied output layer, unit-variance rows give initial logits
+        # of size sqrt(d) and a first loss far above log(V).
+        for embedding in (self.src_embed, self.tgt_embed):
+            nn.init.normal_(embedding.weight, std=cfg.embed_dim**-0.5)
+            with torch.no_grad():
+                embedding.weight[PAD_ID].zero_()
 
     # -- encoder ---------------------------------------------------------------------------------------
     def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> Memory:
@@ -106,7 +112,8 @@ class Seq2Seq(nn.Module):
         outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
         state = _map_state(final, self._bridge)
         keys = self.attention.keys(outputs) if self.cfg.attention != "none" else outputs
-        return Memory(outputs, src != PAD_ID, state, keys)
+        mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_len.to(src.device).unsqueeze(1)
+        return Memory(outputs, mask, state, keys)
 
     def _bridge(self, final: torch.Tensor) -> torch.Tensor:
         """Encoder final state [layers*dirs, B, h] -> decoder initial state [layers, B, H] (directions joined)."""

@@ -1,0 +1,117 @@
+"""The command line as a user types it: the documented commands work, bad input is one line and exit code 2."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from decaylab.cli import main
+from tests.conftest import TINY_OVERRIDES, TINY_PAIRS
+
+CLI = [sys.executable, "-m", "decaylab.cli"]
+
+
+def run(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, input=stdin, timeout=300, cwd=cwd)
+
+
+def tiny_flags() -> list[str]:
+    flags = []
+    for override in TINY_OVERRIDES:
+        if not override.startswith(("data.name", "model.preset", "train.epochs")):
+            flags += ["--set", override]
+    return flags
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "t"
+    proc = run(
+        "train", "--data", str(TINY_PAIRS), "--preset", "tiny", "--epochs", "2", "--output", str(out), *tiny_flags()
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "best val loss" in proc.stdout
+    return out
+
+
+def test_help_lists_every_command() -> None:
+    proc = run("--help")
+    assert proc.returncode == 0
+    for command in ("train", "generate", "evaluate", "data", "demo", "audit"):
+        assert command in proc.stdout
+
+
+def test_generate_from_file_and_stdin(trained_run: Path, tmp_path: Path) -> None:
+    sources = tmp_path / "sources.txt"
+    sources.write_text("the cat sleeps .\nthe dog runs .\n")
+    for args, stdin in ((["--input", str(sources), "--beam", "5"], None), (["--input", "-"], sources.read_text())):
+        proc = run("generate", str(trained_run), *args, stdin=stdin)
+        assert proc.returncode == 0, proc.stderr
+        assert len(proc.stdout.splitlines()) == 2
+
+
+def test_evaluate_writes_eval_json(trained_run: Path) -> None:
+    proc = run("evaluate", str(trained_run), "--split", "test")
+    assert proc.returncode == 0, proc.stderr
+    assert "BLEU signature: nrefs:1" in proc.stdout
+    result = json.loads((trained_run / "eval.json").read_text())["test"]
+    assert result["fingerprint_matches_training"] is True
+    assert result["gap"] == pytest.approx(result["loss"] - result["train_loss"])
+
+
+def test_resume_of_finished_run_is_a_no_op(trained_run: Path) -> None:
+    proc = run("train", "--resume", str(trained_run), "-q")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "no-such-dataset", "--output", "x"], "data.name: 'no-such-dataset'"),
+        (["train", "--data", "missing.tsv", "--output", "x"], "missing.tsv: file not found"),
+        (["train", "--set", "model.hiden=3", "--output", "x"], "'model.hiden': unknown key"),
+        (["train", "--lr", "-1", "--output", "x"], "'train.lr': Input should be greater than 0"),
+        (["train", "--set", "regularization.weight_decay=.nan", "--output", "x"], "'regularization.weight_decay'"),
+        (["train", "--resume", "."], "not a decaylab run folder"),
+        (["generate", "nowhere", "--input", "-"], "nowhere: run folder not found"),
+        (["evaluate", ".", "--split", "dev"], "--split: must be one of"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_code_2(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In-process through the same entry point as the installed command (a subprocess per case costs seconds).
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["decaylab", *args])
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_installed_command_reports_errors_without_traceback(tmp_path: Path) -> None:
+    proc = run("train", "--data", "no-such-dataset", "--output", "x", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: data.name: 'no-such-dataset'")
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_tsv_line_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tb\nonly one column\n")
+    monkeypatch.setattr(sys, "argv", ["decaylab", "train", "--data", str(bad), "--output", str(tmp_path / "r")])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert "bad.tsv:2: expected 2 tab-separated columns" in capsys.readouterr().err
