@@ -1,0 +1,262 @@
+"""Audit: every parameter with its decay decision, a summary, and warnings about known pitfalls."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .decay_set import DecayPlan, show_regex
+
+# Usual ranges of λ per mode; outside them a value is more likely a units mistake than a choice.
+# coupled / l2: the penalty gradient λ·w competes with the loss gradient directly.
+# decoupled + lr: torch AdamW's λ (decay per step = lr·λ), 0.01..0.1 typical, up to ~1.
+# decoupled + schedule: λ is itself the per-step decay fraction at the peak lr.
+USUAL_RANGE: dict[str, tuple[float, float]] = {
+    "l2": (1e-5, 1e-1),
+    "coupled": (1e-5, 1e-1),
+    "decoupled/lr": (1e-4, 1.0),
+    "decoupled/schedule": (1e-6, 1e-2),
+}
+
+
+@dataclass
+class AuditRow:
+    """One unique parameter: its decision and effective strengths."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    decayed: bool
+    weight_decay: float
+    l1: float
+    reason: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass
+class AuditReport:
+    """Rows, summary and warnings of one audit; render() prints it, to_dict() serialises it."""
+
+    rows: list[AuditRow]
+    summary: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form of the report."""
+        rows = [dict(asdict(r), shape=list(r.shape), aliases=list(r.aliases)) for r in self.rows]
+        return {"rows": rows, "summary": dict(self.summary), "warnings": list(self.warnings)}
+
+    def render(self, console: Any = None) -> None:
+        """Print the report as a rich table, then the summary and the warnings."""
+        print_audit(self, console)
+
+
+def print_audit(report: AuditReport, console: Any = None) -> None:
+    """Print `report` with rich (imported here so the package needs only torch to train)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    s = report.summary
+    table = Table(title=f"decay audit: mode={s['mode']}, decay_set={s['decay_set']}", title_justify="left")
+    for col, kw in (
+        ("parameter", {}),
+        ("shape", {}),
+        ("numel", {"justify": "right"}),
+        ("decayed", {"justify": "center"}),
+        ("λ", {"justify": "right"}),
+        ("λ₁", {"justify": "right"}),
+        ("reason", {}),
+    ):
+        table.add_column(col, **kw)
+    for r in report.rows:
+        table.add_row(
+            r.name,
+            "x".join(map(str, r.shape)) or "scalar",
+            f"{r.numel:,}",
+            "yes" if r.decayed else "-",
+            f"{r.weight_decay:g}",
+            f"{r.l1:g}",
+            r.reason,
+        )
+    console.print(table)
+    console.print(
+        f"decayed: {s['decayed_numel']:,} of {s['trainable_numel']:,} trainable parameters "
+        f"({100 * s['decayed_share']:.1f}%) in {s['decayed_tensors']} of {s['tensors']} tensors; "
+        f"norm decayed: {s['norm_decayed']}, bias decayed: {s['bias_decayed']}, "
+        f"embedding decayed: {s['embedding_decayed']}"
+    )
+    if s.get("tau_steps") is not None:
+        epochs = f" = {s['tau_epochs']:.3g} epochs" if s.get("tau_epochs") is not None else ""
+        console.print(f"decay timescale τ = {_steps(s['tau_steps'])} steps{epochs}")
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    if not report.warnings:
+        console.print("no warnings")
+
+
+def build_audit(
+    plan: DecayPlan,
+    *,
+    mode: str,
+    weight_decay: float,
+    l1: float,
+    decay_scaling: str,
+    optimizer_name: str | None = None,
+    lr: float | None = None,
+    steps: int | None = None,
+    steps_per_epoch: int | None = None,
+    optimizer_weight_decay: float = 0.0,
+) -> AuditReport:
+    """Assemble rows, summary and warnings for `plan` under the given settings."""
+    lam = weight_decay if mode != "none" else 0.0
+    rows = [
+        AuditRow(
+            name=i.name,
+            shape=i.shape,
+            numel=i.numel,
+            decayed=i.decayed,
+            weight_decay=lam * i.multiplier,
+            l1=l1 * i.multiplier,
+            reason=i.reason,
+            aliases=i.aliases,
+        )
+        for i in plan.params
+    ]
+    trainable = [i for i in plan.params if i.trainable]
+    decayed = plan.decayed
+    trainable_numel = sum(i.numel for i in trainable)
+    decayed_numel = sum(i.numel for i in decayed)
+    active = lam > 0 or l1 > 0
+
+    tau_steps = None
+    if mode == "decoupled" and lam > 0:
+        # decoupled decay makes the weights an EMA of their updates with timescale 1/(per-step
+        # decay) (Wang & Aitchison 2024); with schedule scaling the peak per-step decay is λ itself
+        if decay_scaling == "schedule":
+            tau_steps = 1.0 / lam
+        elif lr is not None:
+            tau_steps = 1.0 / (lr * lam)
+    tau_epochs = tau_steps / steps_per_epoch if tau_steps is not None and steps_per_epoch else None
+
+    summary: dict[str, Any] = {
+        "mode": mode,
+        "decay_set": plan.decay_set,
+        "decay_scaling": decay_scaling,
+        "weight_decay": weight_decay,
+        "l1": l1,
+        "optimizer": optimizer_name,
+        "lr": lr,
+        "tensors": len(plan.params),
+        "decayed_tensors": len(decayed),
+        "total_numel": sum(i.numel for i in plan.params),
+        "trainable_numel": trainable_numel,
+        "decayed_numel": decayed_numel,
+        "decayed_share": decayed_numel / trainable_numel if trainable_numel else 0.0,
+        "norm_decayed": any(i.is_norm for i in decayed),
+        "bias_decayed": any(i.is_bias for i in decayed),
+        "embedding_decayed": any(i.is_embedding for i in decayed),
+        "tau_steps": tau_steps,
+        "tau_epochs": tau_epochs,
+    }
+
+    warnings: list[str] = []
+    warn = warnings.append
+
+    if mode == "none" and weight_decay > 0:
+        warn(f"weight_decay={weight_decay:g} is ignored because mode='none' applies no decay.")
+    if optimizer_name == "adam" and mode in ("coupled", "l2") and lam > 0:
+        warn(
+            f"optimizer 'adam' with mode={mode!r} puts λ·w into the gradient, which Adam divides by "
+            "its adaptive denominator √v, so weights with large gradients are decayed less "
+            "(Loshchilov & Hutter 2019); if AdamW was meant, use mode='decoupled'."
+        )
+    if optimizer_name in ("adamw", "sgdw") and mode == "coupled":
+        warn(
+            f"mode='coupled' with optimizer {optimizer_name!r} is refused by reg.optimizer(): that "
+            "optimizer's decay is decoupled; use mode='decoupled' or the coupled optimizer "
+            f"{optimizer_name[:-1]!r}."
+        )
+    if optimizer_weight_decay > 0 and mode in ("l2", "coupled", "decoupled") and lam > 0:
+        warn(
+            f"the optimizer's own weight_decay={optimizer_weight_decay:g} is applied on top of "
+            f"mode={mode!r} with λ={lam:g}: the same weights are regularized twice."
+        )
+    if active:
+        for flag, what, why in (
+            (
+                "is_norm",
+                "normalization parameter",
+                "pulling a norm's gain toward 0 fights the normalization instead of limiting capacity",
+            ),
+            (
+                "is_bias",
+                "bias",
+                "a bias does not scale with the input, so shrinking it constrains offsets, not capacity",
+            ),
+            (
+                "is_embedding",
+                "embedding",
+                "every row shrinks on every step while rare tokens' rows seldom get gradient, "
+                "so rare-token embeddings are pushed toward zero",
+            ),
+        ):
+            # a norm's bias is reported once, as a norm parameter
+            hit = [i.name for i in decayed if getattr(i, flag) and not (flag == "is_bias" and i.is_norm)]
+            if hit:
+                fix = "matrices_no_embedding" if flag == "is_embedding" else "no_bias_norm"
+                warn(
+                    f"{len(hit)} {what} tensor(s) are decayed ({_names(hit)}) under "
+                    f"decay_set={plan.decay_set!r}: {why}; consider decay_set={fix!r} or an exclude regex."
+                )
+        if not decayed:
+            warn("the decay set is empty, so the regularization strength has no effect on any parameter.")
+    for (fld, pat), names in plan.frozen_hits.items():
+        warn(
+            f"{fld} regex {show_regex(pat)} matches frozen parameter(s) ({_names(names)}): it has no effect there "
+            "because parameters with requires_grad=False are never decayed."
+        )
+    for pat in plan.idle_multipliers:
+        if ("multipliers", pat) not in plan.frozen_hits:
+            warn(
+                f"multipliers regex {show_regex(pat)} only matches parameters outside the decay set, "
+                "so its factor changes nothing."
+            )
+
+    key = f"decoupled/{decay_scaling}" if mode == "decoupled" else mode
+    if lam > 0 and key in USUAL_RANGE:
+        lo, hi = USUAL_RANGE[key]
+        if not lo <= lam <= hi:
+            warn(
+                f"weight_decay={lam:g} is outside the usual range {lo:g}..{hi:g} for {key}: "
+                "far above it the decay dominates the loss, far below it has no measurable effect."
+            )
+    if mode == "decoupled" and lam > 0:
+        per_step = lam if decay_scaling == "schedule" else (lr * lam if lr is not None else None)
+        if per_step is not None and per_step >= 1:
+            warn(
+                f"the per-step decay at the peak lr is {per_step:g} >= 1, so the factor 1 - {per_step:g} "
+                "zeroes or flips the sign of every decayed weight."
+            )
+    if tau_steps is not None:
+        if steps is not None and tau_steps > steps:
+            warn(
+                f"the decay timescale τ = {_steps(tau_steps)} steps is longer than the run ({steps:,} steps): "
+                "the weights never forget their initialization, so the decay acts only as a mild "
+                "shrink (Wang & Aitchison 2024 relate the best τ to the run length)."
+            )
+        if steps_per_epoch is not None and tau_steps < steps_per_epoch:
+            warn(
+                f"the decay timescale τ = {_steps(tau_steps)} steps is shorter than one epoch "
+                f"({steps_per_epoch:,} steps): the weights forget examples seen earlier in the same "
+                "epoch (Wang & Aitchison 2024)."
+            )
+    return AuditReport(rows, summary, warnings)
+
+
+def _steps(x: float) -> str:
+    return f"{x:,.0f}" if x >= 10 else f"{x:.3g}"
+
+
+def _names(names: list[str], k: int = 3) -> str:
+    return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")

@@ -1,0 +1,117 @@
+"""Optimizer factory: per-parameter groups for the decay set, and the torch optimizer each mode needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .decay_set import DecayPlan
+from .sgdw import SGDW
+from .validate import check_choice, check_nonneg
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "sgdw", "adam", "adamw")
+
+try:  # private torch helper; the fallback lists the devices with fused Adam since torch 2.4
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+except ImportError:  # pragma: no cover
+
+    def _get_fused_kernels_supported_devices() -> list[str]:
+        return ["cuda", "cpu"]
+
+
+def torch_weight_decay(mode: str, lam: float, decay_scaling: str, peak_lr: float) -> float:
+    """The value of torch's group `weight_decay` that realizes effective λ (=λ·m) under `mode`."""
+    if mode == "coupled":
+        return lam
+    if mode == "decoupled":
+        # torch decays by lr_t·wd; with wd = λ/η_max that is s_t·λ, independent of the peak lr
+        return lam / peak_lr if decay_scaling == "schedule" else lam
+    return 0.0  # none: nothing; l2: the penalty lives in the loss
+
+
+def build_param_groups(
+    plan: DecayPlan, *, mode: str, weight_decay: float, decay_scaling: str, lr: float
+) -> list[dict[str, Any]]:
+    """One group per distinct multiplier of the decay set plus one no-decay group (frozen params left out)."""
+    by_mult: dict[float, list] = {}
+    for info in plan.decayed:
+        by_mult.setdefault(info.multiplier, []).append(info)
+    rest = [info for info in plan.not_decayed if info.trainable]
+
+    groups = []
+    for m, infos in by_mult.items():
+        lam = weight_decay * m if mode != "none" else 0.0
+        groups.append(_group("decay" if m == 1.0 else f"decay x{m:g}", infos, lr, m, lam, mode, decay_scaling))
+    if rest:
+        groups.append(_group("no_decay", rest, lr, 0.0, 0.0, mode, decay_scaling))
+    if not groups:
+        raise ValueError("model has no trainable parameters (every parameter has requires_grad=False)")
+    return groups
+
+
+def _group(name: str, infos: list, lr: float, m: float, lam: float, mode: str, decay_scaling: str) -> dict[str, Any]:
+    return {
+        "params": [i.param for i in infos],
+        # torch >= 2.6 keeps param_names in state_dict(); it makes checkpoints and audits readable
+        "param_names": [i.name for i in infos],
+        "lr": lr,
+        "weight_decay": torch_weight_decay(mode, lam, decay_scaling, lr),
+        # decaylab metadata, read back by Regularization.decay_factor and the trainer's logs
+        "group_name": name,
+        "multiplier": m,
+        "effective_weight_decay": lam,
+        "peak_lr": lr,
+        "decay_scaling": decay_scaling,
+        "mode": mode,
+    }
+
+
+def build_optimizer(
+    groups: list[dict[str, Any]],
+    name: str,
+    *,
+    mode: str,
+    regularizes: bool,
+    allow_double: bool,
+    lr: float,
+    kwargs: dict[str, Any],
+) -> torch.optim.Optimizer:
+    """Instantiate the torch optimizer `name` on `groups` with the decay mechanics of `mode`."""
+    name = check_choice("optimizer name", name, OPTIMIZERS)
+    kwargs = dict(kwargs)
+    extra = check_nonneg("weight_decay (optimizer keyword)", kwargs.pop("weight_decay", 0.0))
+    if extra > 0 and regularizes and not allow_double:
+        raise ValueError(
+            f"weight_decay={extra!r} passed to the optimizer while mode={mode!r} already regularizes "
+            "the decay set: that is double regularization (the seed listing's bug). Set the strength "
+            "through Regularization(weight_decay=...), or pass allow_double=True if it is intended."
+        )
+    if mode == "coupled" and name in ("adamw", "sgdw"):
+        raise ValueError(
+            f"mode='coupled' with optimizer {name!r} is contradictory: torch {name.upper()} applies "
+            "weight decay decoupled from the gradient. Use mode='decoupled' with "
+            f"{name!r}, or optimizer {name[:-1]!r} for coupled (L2-in-the-gradient) decay."
+        )
+    if extra > 0:
+        # allow_double (or a mode without decay): the explicit optimizer weight_decay acts like
+        # torch's own default, on every trainable parameter, on top of each group's value
+        for g in groups:
+            g["weight_decay"] += extra
+
+    params = [p for g in groups for p in g["params"]]
+    if name in ("adam", "adamw"):
+        if "fused" not in kwargs and "foreach" not in kwargs:
+            fused_ok = set(_get_fused_kernels_supported_devices())
+            if all(p.device.type in fused_ok and p.is_floating_point() for p in params):
+                kwargs["fused"] = True
+            else:
+                kwargs["foreach"] = True
+        # torch Adam(weight_decay) is coupled; AdamW is Adam with decoupled decay
+        cls = torch.optim.AdamW if (mode == "decoupled" or name == "adamw") else torch.optim.Adam
+        return cls(groups, lr=lr, **kwargs)
+    if mode == "decoupled" or name == "sgdw":
+        return SGDW(groups, lr=lr, **kwargs)
+    if "fused" not in kwargs and "foreach" not in kwargs:
+        kwargs["foreach"] = True
+    return torch.optim.SGD(groups, lr=lr, **kwargs)
