@@ -1,0 +1,73 @@
+"""Text in, text out: tokenize, decode in length-sorted batches, detokenize in the input order."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from decaylab.data.tokenizer import PAD_ID, decode, encode
+from decaylab.generation.filtering import check_sampling
+from decaylab.generation.search import beam_search, check_beam, greedy, max_lengths, sample
+
+METHODS = ("greedy", "beam", "sample")
+
+
+def _pad(sequences: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded source batch [B, S] on `device` and its lengths [B] on the CPU."""
+    src_len = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    src = torch.full((len(sequences), int(src_len.max())), PAD_ID, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        src[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return src.to(device), src_len
+
+
+def translate(model: nn.Module, tokenizer: Tokenizer, sources: list[str], *, method: str = "greedy",
+              beam: int = 5, length_penalty: float = 1.0, max_len_ratio: float = 1.5, max_len_extra: int = 10,
+              batch_size: int = 64, device: torch.device | str | None = None, temperature: float = 1.0,
+              top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> list[str]:
+    """Decode `sources` with greedy, beam or sampling; the model runs in eval mode and gets its mode back.
+
+    Each output is limited to floor(source tokens, EOS included, * max_len_ratio) + max_len_extra tokens.
+    A source without tokens (empty or blank) gives "". `device` is where the inputs are built (default: the
+    model's device); the search moves them to the model's device anyway. `seed` makes sampling reproducible.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1 (got {batch_size!r})")
+    if max_len_ratio < 0 or max_len_extra < 0:
+        raise ValueError(f"max_len_ratio and max_len_extra must be >= 0 (got {max_len_ratio}, {max_len_extra})")
+    if method == "beam":
+        check_beam(beam, length_penalty)
+    if method == "sample":
+        check_sampling(temperature, top_k, top_p)
+    model_device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device
+    generator = None
+    if method == "sample" and seed is not None:
+        generator = torch.Generator(device=model_device).manual_seed(seed)
+
+    ids = encode(tokenizer, list(sources))
+    outputs: list[list[int]] = [[] for _ in ids]
+    # Longest first: little padding per batch, and an out-of-memory error shows up at once.
+    todo = [i for i, (text, seq) in enumerate(zip(sources, ids, strict=True)) if text.strip() and len(seq) > 1]
+    todo.sort(key=lambda i: -len(ids[i]))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            src, src_len = _pad([ids[i] for i in chunk], device)
+            limit = max_lengths(src_len, max_len_ratio, max_len_extra)
+            if method == "greedy":
+                hyps = greedy(model, src, src_len, limit)
+            elif method == "beam":
+                hyps = beam_search(model, src, src_len, beam, limit, length_penalty)
+            else:
+                hyps = sample(model, src, src_len, limit, temperature, top_k, top_p, generator)
+            for index, hyp in zip(chunk, hyps, strict=True):
+                outputs[index] = hyp
+    finally:
+        model.train(was_training)
+    return decode(tokenizer, outputs)
