@@ -246,6 +246,9 @@ def demo(
     run_demo(output, list(sets or []), quiet=quiet)
 
 
+# Commands that live beside their package register here (their modules import only typer at the top).
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:

@@ -9,6 +9,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,12 @@ class Trainer:
 
     def __init__(self, config: Config, run_dir: Path, *, splits: Splits | None = None,
                  tokenizer: Tokenizer | None = None, resume: bool = False, quiet: bool = False,
-                 init_weights: dict[str, torch.Tensor] | None = None):
+                 init_weights: dict[str, torch.Tensor] | None = None,
+                 on_evaluate: Callable[[dict[str, Any]], None] | None = None):
         self.config = config
+        # Called with each metrics row after it is written and checkpointed; an exception it raises (e.g. a
+        # sweep pruning the trial) ends training with everything up to that evaluation on disk.
+        self.on_evaluate = on_evaluate
         self.paths = RunPaths(Path(run_dir))
         self.quiet = quiet
         self.resume = resume
@@ -254,6 +259,8 @@ class Trainer:
                     atomic_write_jsonl(self.paths.metrics, history)
                     save_checkpoint(self.paths.last, self.model, self._state(progress))
                     self._report(row, improved, writer)
+                    if self.on_evaluate is not None:
+                        self.on_evaluate(row)
                     loss_sum, tok_sum, window_start = 0.0, 0, time.perf_counter()
                     if progress["stopped_early"]:
                         self._say(f"early stopping: no val-loss improvement in {cfg.patience} evaluations")
