@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from decaylab.errors import UserError
+from decaylab.ui import console as make_console
 
 app = typer.Typer(
     help="Train seq2seq text-generation models with weight decay done right, and choose λ on evidence.",
@@ -128,7 +129,6 @@ def evaluate(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
 ) -> None:
     """Loss, perplexity, BLEU, chrF and generalization gap on a split; written to RUN/eval.json."""
-    from rich.console import Console
     from rich.table import Table
 
     from decaylab.evaluation.evaluate import evaluate_run
@@ -139,7 +139,7 @@ def evaluate(
         table.add_column(key, justify="right")
     table.add_row(*(f"{result[key]:.4f}" if key in ("loss", "train_loss", "gap") else f"{result[key]:.2f}"
                     for key in ("loss", "ppl", "bleu", "chrf", "train_loss", "gap")))
-    console = Console()
+    console = make_console()
     console.print(table)
     console.print(f"BLEU signature: {result['bleu_signature']}\nchrF signature: {result['chrf_signature']}")
 
@@ -165,7 +165,7 @@ def audit(
     reg = _regularization(Regularization, cfg)
     report = reg.audit(model, optimizer_name=cfg.train.optimizer, lr=cfg.train.lr,
                        steps=cfg.train.max_steps, steps_per_epoch=steps_per_epoch)
-    report.render()
+    report.render(console=make_console())
 
 
 def _regularization(factory, cfg):
@@ -178,7 +178,6 @@ def _regularization(factory, cfg):
 @data_app.command("list")
 def data_list() -> None:
     """Builtin datasets: name, pairs, languages, licence."""
-    from rich.console import Console
     from rich.table import Table
 
     from decaylab.data.builtin import builtin_datasets
@@ -188,7 +187,7 @@ def data_list() -> None:
         table.add_column(column)
     for info in builtin_datasets().values():
         table.add_row(info.name, str(info.pairs), f"{info.source_name} → {info.target_name}", info.licence)
-    Console().print(table)
+    make_console().print(table)
 
 
 @data_app.command("show")
@@ -198,13 +197,12 @@ def data_show(
     n: Annotated[int, typer.Option("-n", help="How many pairs to show.")] = 5,
 ) -> None:
     """Split sizes and the first pairs of a split."""
-    from rich.console import Console
 
     from decaylab.config import DataConfig
     from decaylab.data.splits import load_splits
 
     splits = load_splits(DataConfig(name=name))
-    console = Console()
+    console = make_console()
     console.print(f"{splits.origin}: {splits.sizes()}  fingerprint {splits.fingerprint[:16]}")
     for pair in getattr(splits, _check_split(split))[:n]:
         console.print(f"[bold]src[/bold] {pair.source}\n[bold]tgt[/bold] {pair.target}\n", markup=True,
