@@ -64,6 +64,14 @@ def test_evaluate_writes_eval_json(trained_run: Path) -> None:
     assert result["gap"] == pytest.approx(result["loss"] - result["train_loss"])
 
 
+def test_bad_generation_option_is_one_line(trained_run: Path) -> None:
+    proc = run("generate", str(trained_run), "--input", "-", "--method", "sample", "--temperature", "0",
+               stdin="the cat sleeps .\n")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: generate: ") and "temperature" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_resume_of_finished_run_is_a_no_op(trained_run: Path) -> None:
     proc = run("train", "--resume", str(trained_run), "-q")
     assert proc.returncode == 0, proc.stderr

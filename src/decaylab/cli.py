@@ -99,10 +99,14 @@ def generate(
     trained = load_trained(run, checkpoint, device)
     lines = _read_lines(input)
     gen = trained.config.generation
-    outputs = translate(trained.model, trained.tokenizer, lines, method=method or ("beam" if beam > 1 else "greedy"),
-                        beam=beam, length_penalty=gen.length_penalty if length_penalty is None else length_penalty,
-                        max_len_ratio=gen.max_len_ratio, max_len_extra=gen.max_len_extra, device=trained.device,
-                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    try:
+        outputs = translate(
+            trained.model, trained.tokenizer, lines, method=method or ("beam" if beam > 1 else "greedy"), beam=beam,
+            length_penalty=gen.length_penalty if length_penalty is None else length_penalty,
+            max_len_ratio=gen.max_len_ratio, max_len_extra=gen.max_len_extra, device=trained.device,
+            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    except ValueError as exc:  # the search validates its arguments; show which option was wrong, not a traceback
+        raise UserError(f"generate: {exc}") from None
     sys.stdout.write("".join(line + "\n" for line in outputs))
 
 
@@ -245,6 +249,9 @@ def demo(
 
 
 # Commands that live beside their package register here (their modules import only typer at the top).
+from decaylab.sweep.command import sweep as _sweep_command  # noqa: E402
+
+app.command("sweep")(_sweep_command)
 
 
 def main() -> None:
