@@ -9,19 +9,14 @@ load change on a shared machine hits both equally; the median of the timed steps
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
+import common  # sets the OpenMP wait policy; must come before torch
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from decaylab.regularization import Regularization  # noqa: E402
+from decaylab.regularization import Regularization
 
 
 class Seq2Seq(nn.Module):
@@ -36,23 +31,14 @@ class Seq2Seq(nn.Module):
         self.out = nn.Linear(d, vocab)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="10 timed steps instead of 50")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "optimizer_step.json"))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every logical CPU)")
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/optimizer_step.json)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    load_before = common.loadavg()
+    args.threads = common.setup_threads(args.threads)
     steps, warmup = (10, 2) if args.quick else (50, 5)
 
     torch.manual_seed(0)
@@ -69,7 +55,6 @@ def main() -> None:
         opts[kind] = torch.optim.Adam(model.parameters(), lr=1e-3, **{kind: True})
         opts[f"reg_{kind}"] = reg.optimizer(model, "adamw", lr=1e-3, **{kind: True})
 
-    load_before = os.getloadavg()[0]
     times: dict[str, list[float]] = {k: [] for k in opts}
     for i in range(warmup + steps):
         for kind, opt in opts.items():  # interleaved, so drifting machine load hits every variant alike
@@ -93,23 +78,12 @@ def main() -> None:
         "n_params": n_params,
         "timed_steps": steps,
         "threads": args.threads,
-        "machine": {
-            "cpu": cpu_name(),
-            "logical_cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            # a shared machine's other work inflates both numbers; the load says how busy it was
-            "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
-        },
-        "command": " ".join(["python", *sys.argv]),
+        "machine": common.machine_info(torch.device("cpu"), args.threads, load_before),
+        "command": common.command_line(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)  # atomic: a killed run never leaves a half-written result
-    print(json.dumps(result, indent=2))
+    common.write_result("optimizer_step", result, args.out)
+    print(f"Adam step: fused {med['fused']:.1f} ms, foreach {med['foreach']:.1f} ms ({result['ratio']:.1f}x); "
+          f"reg AdamW: fused {med['reg_fused']:.1f} ms, foreach {med['reg_foreach']:.1f} ms")
 
 
 if __name__ == "__main__":

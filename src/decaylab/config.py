@@ -111,6 +111,8 @@ class TrainConfig(Section):
     max_eval_examples: int | None = Field(None, ge=1, description="evaluate val loss on at most this many pairs")
     bleu_examples: int = Field(0, ge=0, description="pairs of the validation split decoded for BLEU each eval")
     precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = Field(False, description="torch.compile the model for training steps (eager evaluation); "
+                                             "measured no faster on CPU for the RNN seq2seq, see docs/benchmarks.md")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)

@@ -170,18 +170,25 @@ def beam_hypotheses(model: nn.Module, src: torch.Tensor, src_len: torch.Tensor, 
             step += 1
             n = sents.numel()
             log_probs, state = model.step(tokens, memory, state)
-            # float64 sums keep the order of float32 log-probs exactly (beam=1 ranks like greedy's argmax).
-            cand = scores.view(-1, 1) + mask_specials(log_probs).double()  # [n * k, V]
-            vocab = cand.size(1)
+            log_probs = mask_specials(log_probs)  # [n * k, V]
+            vocab = log_probs.size(1)
             forced = limits < step  # at max_len tokens: only EOS may follow
             if forced.any():
                 rows = forced.to(device).repeat_interleave(k)
-                eos = cand[rows, EOS_ID]
-                cand[rows] = NEG_INF
-                cand[rows, EOS_ID] = eos
-            top, flat = cand.view(n, k * vocab).topk(min(2 * k, k * vocab), dim=1)  # sorted, best first
-            top, flat = top.cpu(), flat.cpu()
-            parent, token = flat // vocab, flat % vocab
+                eos = log_probs[rows, EOS_ID]
+                log_probs[rows] = NEG_INF
+                log_probs[rows, EOS_ID] = eos
+            # A sentence's best 2k extensions lie among each hypothesis's own best 2k tokens (adding the
+            # hypothesis's score keeps a row's order), so only those are summed: the same candidates and scores
+            # as summing the whole [n * k, V] matrix, which cost more than the model step on a CPU.
+            # float64 sums keep the order of float32 log-probs exactly (beam=1 ranks like greedy's argmax).
+            width = min(2 * k, vocab)
+            row_top, row_token = log_probs.topk(width, dim=1)  # [n * k, width], sorted
+            cand = scores.view(-1, 1) + row_top.double()
+            top, pick = cand.view(n, k * width).topk(min(2 * k, k * width), dim=1)  # sorted, best first
+            token = row_token.view(n, k * width).gather(1, pick).cpu()
+            top, pick = top.cpu(), pick.cpu()
+            parent = torch.div(pick, width, rounding_mode="floor")
             rank = torch.arange(top.size(1))
             live = top > NEG_INF
             is_eos = token == EOS_ID

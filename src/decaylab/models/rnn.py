@@ -12,30 +12,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from decaylab.config import ModelConfig
 from decaylab.data.tokenizer import PAD_ID
+from decaylab.models.fused_loss import linear_cross_entropy
 
 RNNState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
 class Memory:
-    """What the decoder attends to: encoder outputs, their pad mask, and the decoder's initial state."""
+    """What the decoder attends to: encoder outputs, their pad mask, and the decoder's initial state.
 
-    outputs: torch.Tensor  # [B, S, H]
-    mask: torch.Tensor  # [B, S] True at real tokens
-    state: RNNState
-    keys: torch.Tensor  # outputs pre-projected for the attention score ([B, S, H] or [B, S, A])
+    The source tensors hold one copy per source; `state` holds one row per decoder row. With `group` g > 1 the
+    decoder rows are g consecutive rows per source (beam search's hypotheses): attention then reads each
+    source once for its g queries instead of from g identical copies.
+    """
+
+    outputs: torch.Tensor  # [N, S, H]
+    mask: torch.Tensor  # [N, S] True at real tokens
+    state: RNNState  # [layers, N * group, H] (a pair for LSTM)
+    keys: torch.Tensor  # outputs pre-projected for the attention score ([N, S, H] or [N, S, A])
+    group: int = 1
 
     def select(self, index: torch.Tensor) -> Memory:
-        """Rows `index` of the batch (beam search repeats and reorders them)."""
-        return Memory(self.outputs.index_select(0, index), self.mask.index_select(0, index),
-                      _map_state(self.state, lambda s: s.index_select(1, index)),
-                      self.keys.index_select(0, index))
+        """Decoder rows `index` (beam search repeats and reorders them); sources are copied once per run of rows."""
+        state = _map_state(self.state, lambda s: s.index_select(1, index))
+        source = torch.div(index, self.group, rounding_mode="floor") if self.group > 1 else index
+        values, counts = torch.unique_consecutive(source, return_counts=True)
+        group = int(counts[0]) if counts.numel() else 1
+        if counts.numel() and bool((counts == group).all()):
+            # every run of `group` consecutive rows shares one source: keep one copy of it
+            pick = values
+        else:
+            group, pick = 1, source
+        return Memory(self.outputs.index_select(0, pick), self.mask.index_select(0, pick), state,
+                      self.keys.index_select(0, pick), group)
 
 
 def _map_state(state: RNNState, fn) -> RNNState:
@@ -61,14 +75,19 @@ class Attention(nn.Module):
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                 mask: torch.Tensor) -> torch.Tensor:
-        """Context vectors [B, T, H]; padded source positions get zero weight."""
+        """Context vectors [B, T, H] for keys/values of N = B / g sources (g consecutive query rows per source)."""
+        rows, steps, n = query.size(0), query.size(1), keys.size(0)
+        if rows % n:
+            raise ValueError(f"{rows} query rows cannot be grouped over {n} sources")
+        query = query.reshape(n, rows // n * steps, query.size(2))  # a source's g rows become g*T queries
         if self.kind == "additive":
-            energy = torch.tanh(self.query_proj(query).unsqueeze(2) + keys.unsqueeze(1))  # [B, T, S, H]
+            energy = torch.tanh(self.query_proj(query).unsqueeze(2) + keys.unsqueeze(1))  # [N, gT, S, H]
             scores = self.score(energy).squeeze(-1)
         else:
             scores = torch.bmm(query, keys.transpose(1, 2))
         scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
-        return torch.bmm(torch.softmax(scores, dim=-1), values)
+        context = torch.bmm(torch.softmax(scores, dim=-1), values)
+        return context.reshape(rows, steps, context.size(2))
 
 
 class Seq2Seq(nn.Module):
@@ -144,10 +163,16 @@ class Seq2Seq(nn.Module):
                 label_smoothing: float = 0.0) -> torch.Tensor:
         """Summed cross-entropy (nats) over non-pad target tokens; pad positions never reach the output layer."""
         hidden, _ = self.decode(tgt_in, self.encode(src, src_len))
+        return self.token_loss(hidden, tgt_out, label_smoothing)
+
+    def token_loss(self, hidden: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Summed cross-entropy (nats) of attentional states [B, T, D] against `tgt_out`, pad positions skipped."""
         keep = tgt_out != PAD_ID
-        # Project only real tokens: the vocabulary projection dominates the step, padding would waste it.
-        logits = self.logits(hidden[keep])
-        return F.cross_entropy(logits.float(), tgt_out[keep], reduction="sum", label_smoothing=label_smoothing)
+        # Project only real tokens: the vocabulary projection dominates the step, padding would waste it. The
+        # projection and the loss run fused in row chunks (equal to F.cross_entropy of self.logits to float
+        # rounding): on a CPU the [N, V] log-softmax passes of the unfused path cost as much as its GEMMs.
+        return linear_cross_entropy(hidden[keep], self.output.weight, self.output.bias, tgt_out[keep],
+                                    label_smoothing)
 
     def step(self, tokens: torch.Tensor, memory: Memory, state: RNNState) -> tuple[torch.Tensor, RNNState]:
         """One decoding step: log-probabilities [N, V] of the next token and the new state."""

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -123,6 +124,9 @@ class Trainer:
         self.model = build_model(config.model, tokenizer.get_vocab_size()).to(self.device)
         if init_weights is not None:
             self.model.load_state_dict(init_weights, strict=False)
+        # Training steps go through `self.forward`; checkpoints and evaluation use the plain module, whose
+        # state dict has the same names either way (a compiled wrapper would prefix them with `_orig_mod.`).
+        self.forward = compile_model(self.model, self.device) if cfg.compile else self.model
         try:
             self.reg = Regularization(**config.regularization.model_dump())
             self.optimizer = self.reg.optimizer(self.model, cfg.optimizer, lr=cfg.lr, **self._optimizer_kwargs())
@@ -276,8 +280,15 @@ class Trainer:
         """One optimizer step; returns the batch's mean task loss per target token."""
         cfg = self.config.train
         with autocast(self.device, cfg.precision):
-            task = self.model(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
-                              label_smoothing=cfg.label_smoothing) / batch.n_tokens
+            try:
+                task = self.forward(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
+                                    label_smoothing=cfg.label_smoothing) / batch.n_tokens
+            except Exception as exc:
+                if cfg.compile and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    raise UserError(f"train.compile: torch.compile failed on this machine ({type(exc).__name__}: "
+                                    f"{first[:300]}); train without it (train.compile=false)") from exc
+                raise
         loss = task + self.reg.penalty(self.model)
         value = task.item()
         if not math.isfinite(value) or not torch.isfinite(loss):
@@ -317,6 +328,23 @@ class Trainer:
     def _say(self, message: str) -> None:
         if not self.quiet:
             print(message, file=sys.stderr, flush=True)
+
+
+def compile_model(model: torch.nn.Module, device: torch.device) -> Callable[..., torch.Tensor]:
+    """torch.compile'd model for `train.compile`, or a UserError saying why it cannot work here."""
+    if not hasattr(torch, "compile"):
+        raise UserError(f"train.compile: this torch ({torch.__version__}) has no torch.compile; set "
+                        "train.compile=false")
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++", "clang++")):
+        # inductor writes C++ for CPU kernels; without a compiler the first step would fail deep in torch
+        raise UserError("train.compile: torch.compile on the CPU needs a C++ compiler (g++ or clang++) on PATH; "
+                        "install one or set train.compile=false")
+    if hasattr(model, "token_loss"):
+        # The non-pad selection has a data-dependent size: traced, the rest of the forward would recompile for
+        # every batch (seen on torch 2.13). The fused loss after it gains nothing from tracing, so it stays eager.
+        model.token_loss = torch.compiler.disable(model.token_loss)
+    # dynamic=True: length-bucketed batches change shape every step; static shapes would recompile each time.
+    return torch.compile(model, dynamic=True)
 
 
 def resume_run(run_dir: Path, quiet: bool = False) -> TrainResult:
