@@ -252,6 +252,9 @@ def demo(
 from decaylab.sweep.command import sweep as _sweep_command  # noqa: E402
 
 app.command("sweep")(_sweep_command)
+from decaylab.report.command import report as _report_command  # noqa: E402
+
+app.command("report")(_report_command)
 
 
 def main() -> None:

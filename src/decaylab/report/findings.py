@@ -1,0 +1,272 @@
+"""The page's words and tables as plain data: the verdict (which λ, how sure), the per-λ and per-trial tables."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from decaylab.report.collect import HIGHER_IS_BETTER, Point, RunData, SweepData, finite, mean_se
+
+METRIC_NAMES = {"loss": "validation loss", "bleu": "validation BLEU", "chrf": "validation chrF"}
+RULES = {"min": "lowest mean", "1se": "largest λ within one standard error of the lowest mean (1-SE rule)"}
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A number for the page: fixed digits for ordinary sizes, λ-style `g` for tiny or huge ones."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+        return f"{value:.3g}"
+    return f"{value:.{digits}f}"
+
+
+def fmt_lambda(lam: float | None) -> str:
+    """λ as the user typed it: 0, 0.001, 1e-05."""
+    return "–" if lam is None else f"{lam:g}"
+
+
+def signed(value: float) -> str:
+    """A difference with its sign: +0.0123, −0.0456."""
+    text = fmt(abs(value))
+    return f"+{text}" if value > 0 else f"−{text}" if value < 0 else text
+
+
+def pm(mean: float | None, se: float | None, digits: int = 4) -> str:
+    """`mean ± se` (just the mean when there is no SE)."""
+    return fmt(mean, digits) if se is None else f"{fmt(mean, digits)} ± {fmt(se, digits)}"
+
+
+@dataclass
+class Fact:
+    """One line of the verdict box."""
+
+    label: str
+    value: str
+    note: str = ""
+
+
+@dataclass
+class Verdict:
+    """The answer at the top of the page."""
+
+    headline: str
+    subline: str
+    facts: list[Fact] = field(default_factory=list)
+    warning: str = ""
+
+
+def paired_difference(sweep: SweepData, a: Point, b: Point) -> tuple[float | None, float | None, int, int]:
+    """Mean ± SE of (a − b) on the selection metric over folds both finished, and in how many folds a is better."""
+    name = sweep.metric_field
+    by_fold = {r.get("fold"): r.get(name) for r in b.rows if r.get("status") == "done" and finite(r.get(name))}
+    diffs = [float(r[name]) - float(by_fold[r.get("fold")]) for r in a.rows
+             if r.get("status") == "done" and finite(r.get(name)) and r.get("fold") in by_fold]
+    sign = -1.0 if sweep.metric in HIGHER_IS_BETTER else 1.0
+    wins = sum(1 for d in diffs if sign * d < 0)
+    mean, se = mean_se(diffs)
+    return mean, se, wins, len(diffs)
+
+
+def compared_points(sweep: SweepData) -> tuple[Point | None, Point | None]:
+    """The λ = 0 baseline and the model it is compared with (the chosen point, or the best λ > 0 when 0 won)."""
+    chosen = sweep.chosen
+    baseline = sweep.baseline(chosen.dropout if chosen else None)
+    if chosen is not None and chosen.lam > 0:
+        return baseline, chosen
+    name = sweep.metric_field
+    sign = -1.0 if sweep.metric in HIGHER_IS_BETTER else 1.0
+    positive = [p for p in sweep.points if p.lam > 0 and p.mean(name) is not None]
+    return baseline, (min(positive, key=lambda p: sign * p.mean(name)) if positive else None)
+
+
+def sweep_verdict(sweep: SweepData, test: dict[str, Any] | None, sample_chrf: list[tuple[str, float]]) -> Verdict:
+    """Which λ, how sure, and what it does to the text, in a few lines."""
+    chosen, name, metric = sweep.chosen, sweep.metric_field, sweep.metric
+    folds = sweep.folds
+    strategy = sweep.spec.get("strategy", "grid")
+    if chosen is None:
+        return Verdict("No λ chosen yet", f"{len(sweep.rows)} trial(s) recorded; summary.json is not written "
+                       "(the sweep is unfinished or failed): the plots show what has finished so far.")
+    headline = ("λ = 0: no weight decay is best" if chosen.lam == 0
+                else f"{chosen.mode} λ = {fmt_lambda(chosen.lam)}")
+    if chosen.dropout is not None and len({p.dropout for p in sweep.points}) > 1:
+        headline += f", dropout {chosen.dropout:g}"
+    subline = (f"chosen by {RULES.get(sweep.rule, sweep.rule)} on {METRIC_NAMES.get(metric, metric)}; "
+               f"{strategy} search, {len(sweep.points)} settings" + (f" × {folds} folds" if folds > 1 else ""))
+    facts = [Fact(f"{METRIC_NAMES.get(metric, metric)} at the chosen λ", pm(chosen.mean(name), chosen.se(name)),
+                  f"mean ± SE over {chosen.n_done} folds" if folds > 1 else "one validation split")]
+    baseline = sweep.baseline(chosen.dropout)
+    if baseline is not None and baseline is not chosen:
+        facts.append(Fact(f"{METRIC_NAMES.get(metric, metric)} at λ = 0", pm(baseline.mean(name), baseline.se(name))))
+        diff, se, wins, n = paired_difference(sweep, chosen, baseline)
+        if diff is not None:
+            sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
+            word = "better" if sign * diff < 0 else "worse" if sign * diff > 0 else "equal"
+            sure = (f"paired over folds: chosen better in {wins} of {n}" if n > 1
+                    else "one split, no error bars (use --strategy cv for them)")
+            if se:
+                sure += f"; |Δ| = {abs(diff) / se:.1f} SE"
+            facts.append(Fact("difference chosen − λ = 0", f"{signed(diff)}{' ± ' + fmt(se) if se else ''} ({word})",
+                              sure))
+    band = sweep.within_one_se()
+    if band and folds > 1:
+        lams = sorted({p.lam for p in band})
+        facts.append(Fact("λ within 1 SE of the best", ", ".join(fmt_lambda(v) for v in lams),
+                          "all of these are statistically indistinguishable from the best"))
+    if test:
+        shown = [f"{key} {fmt(test[key], 2 if key in ('bleu', 'chrf', 'ppl') else 4)}"
+                 for key in ("loss", "ppl", "bleu", "chrf") if finite(test.get(key))]
+        if shown:
+            facts.append(Fact("final model on the test split", ", ".join(shown), "retrained with the chosen λ, "
+                              "evaluated once"))
+    if len(sample_chrf) == 2:
+        (a_label, a), (b_label, b) = sample_chrf
+        facts.append(Fact("chrF on the 5 sample sentences", f"{a_label}: {a:.1f} → {b_label}: {b:.1f}",
+                          "see Samples below"))
+    warning = ""
+    if folds == 1 and strategy in ("grid", "halving"):
+        warning = "No folds: differences between λ values have no error bars; small ones may be noise."
+    return Verdict(headline, subline, facts, warning)
+
+
+def evaluations(run: RunData) -> dict[str, dict[str, Any]]:
+    """eval.json's results by split (`decaylab evaluate` keys them by split)."""
+    return {str(k): v for k, v in (run.eval or {}).items() if isinstance(v, dict)}
+
+
+def run_verdict(run: RunData) -> Verdict:
+    """The headline numbers of a single run."""
+    reg = run.regularization
+    mode, lam = reg.get("mode", "?"), reg.get("weight_decay")
+    headline = "no weight decay" if mode == "none" else f"{mode} λ = {fmt_lambda(lam)}"
+    extras = [f"decay set {reg.get('decay_set', '?')}"]
+    if finite(reg.get("l1")) and reg["l1"] > 0:
+        extras.append(f"L1 λ₁ = {reg['l1']:g}")
+    dropout = (run.config.get("model") or {}).get("dropout")
+    if finite(dropout):
+        extras.append(f"dropout {dropout:g}")
+    best = run.best
+    facts = []
+    if best is not None:
+        last = run.history[-1]
+        facts.append(Fact("best validation loss", f"{fmt(best['val_loss'])} (ppl {fmt(best.get('val_ppl'), 2)})",
+                          f"epoch {best.get('epoch', 0):g} of {last.get('epoch', 0):g}; its checkpoint is kept"))
+        facts.append(Fact("generalization gap there", fmt(best.get("gap")), "val − eval-mode train loss"))
+        if finite(best.get("bleu")):
+            facts.append(Fact("validation sample BLEU / chrF", f"{fmt(best['bleu'], 2)} / {fmt(best.get('chrf'), 2)}"))
+    for split, result in evaluations(run).items():
+        shown = [f"{key} {fmt(result[key], 2 if key in ('bleu', 'chrf', 'ppl') else 4)}"
+                 for key in ("loss", "ppl", "bleu", "chrf") if finite(result.get(key))]
+        facts.append(Fact(f"{split} split (eval.json)", ", ".join(shown)))
+    subline = ", ".join(extras) + f"; {len(run.history)} evaluations"
+    return Verdict(headline, subline, facts)
+
+
+@dataclass
+class Column:
+    """A table column: row key, header, digits (None: text; 0: shortest form, e.g. epochs 14 or 2.5)."""
+
+    key: str
+    header: str
+    digits: int | None = 4
+    numeric: bool = True
+
+
+# Columns that say nothing when every row has the same value (e.g. one dropout for the whole sweep).
+HIDE_WHEN_CONSTANT = ("dropout", "rung", "budget", "lr")
+
+
+def cell(row: dict[str, Any], column: Column) -> dict[str, Any]:
+    """Display text and sort key of one table cell."""
+    value = row.get(column.key)
+    if column.key == "fold" and isinstance(value, int):
+        value = value + 1
+    if not finite(value) or column.digits is None:
+        return {"text": "–" if value is None else str(value), "sort": "" if value is None else value}
+    if column.digits == 0:
+        return {"text": f"{value:g}", "sort": value}
+    return {"text": fmt(float(value), column.digits), "sort": value}
+
+
+def table(rows: list[dict[str, Any]], columns: list[Column]) -> dict[str, Any]:
+    """Headers and cells, leaving out columns that are empty in every row (or constant, for a few)."""
+    used = [c for c in columns if any(r.get(c.key) is not None for r in rows)
+            and not (c.key in HIDE_WHEN_CONSTANT and len({repr(r.get(c.key)) for r in rows}) < 2)]
+    return {"headers": [c.header for c in used], "numeric": [c.numeric for c in used],
+            "rows": [{"cells": [cell(r, c) for c in used], "mark": r.get("_mark", "")} for r in rows]}
+
+
+TRIAL_COLUMNS = [Column("trial", "trial", None, False), Column("mode", "mode", None, False),
+                 Column("lambda", "λ", 0), Column("dropout", "dropout", 0), Column("fold", "fold", None),
+                 Column("rung", "rung", None), Column("epochs", "epochs", 0), Column("best_epoch", "best epoch", 0),
+                 Column("best_val_loss", "best val loss"), Column("val_ppl", "val ppl", 2),
+                 Column("bleu", "BLEU", 2), Column("chrf", "chrF", 2), Column("gap", "gap"),
+                 Column("wall_s", "wall s", 1), Column("status", "status", None, False)]
+
+
+def trials_table(sweep: SweepData) -> dict[str, Any]:
+    """Every trial row, the chosen point's rows marked."""
+    chosen = sweep.chosen
+    rows = []
+    for row in sweep.rows:
+        mark = ""
+        if chosen is not None and (row.get("mode"), row.get("lambda"), row.get("dropout")) == chosen.key:
+            mark = "chosen"
+        rows.append({**row, "_mark": mark})
+    return table(rows, TRIAL_COLUMNS)
+
+
+def points_table(sweep: SweepData) -> dict[str, Any]:
+    """One row per setting: mean ± SE of the selection metric and the other aggregates, with the choice marked."""
+    chosen, best, band = sweep.chosen, sweep.best, {p.key for p in sweep.within_one_se()}
+    name = sweep.metric_field
+    rows = []
+    for p in sweep.points:
+        marks = []
+        if chosen is not None and p.key == chosen.key:
+            marks.append("★ chosen")
+        if best is not None and p.key == best.key:
+            marks.append("lowest mean" if sweep.metric not in HIGHER_IS_BETTER else "highest mean")
+        if p.key in band and sweep.folds > 1:
+            marks.append("within 1 SE")
+        rows.append({"mode": p.mode, "lambda": p.lam, "dropout": p.dropout,
+                     "selection": pm(p.mean(name), p.se(name)), "train_loss": p.mean("train_loss"),
+                     "gap": p.mean("gap"), "bleu": p.mean("bleu"), "chrf": p.mean("chrf"), "n": p.n_done,
+                     "status": p.status, "marks": ", ".join(marks),
+                     "_mark": "chosen" if chosen is not None and p.key == chosen.key else ""})
+    columns = [Column("mode", "mode", None, False), Column("lambda", "λ", 0), Column("dropout", "dropout", 0),
+               Column("selection", f"{METRIC_NAMES.get(sweep.metric, sweep.metric)} (mean ± SE)", None),
+               Column("train_loss", "train loss"), Column("gap", "gap"), Column("bleu", "BLEU", 2),
+               Column("chrf", "chrF", 2), Column("n", "folds done", None), Column("status", "status", None, False),
+               Column("marks", "", None, False)]
+    return table(rows, columns)
+
+
+HISTORY_COLUMNS = [Column("step", "step", None), Column("epoch", "epoch", 0), Column("train_loss", "train loss"),
+                   Column("train_eval_loss", "train loss (eval)"), Column("val_loss", "val loss"),
+                   Column("val_ppl", "val ppl", 2), Column("gap", "gap"), Column("bleu", "BLEU", 2),
+                   Column("chrf", "chrF", 2), Column("decay_norm", "‖decayed‖", 3),
+                   Column("nodecay_norm", "‖not decayed‖", 3), Column("lr", "lr", 0),
+                   Column("wall_s", "wall s", 1)]
+
+
+def history_table(run: RunData) -> dict[str, Any]:
+    """Every evaluation of a run, the best one marked."""
+    best = run.best
+    return table([{**row, "_mark": "chosen" if row is best else ""} for row in run.history], HISTORY_COLUMNS)
+
+
+SHORT_NUMBERS = {"ppl": 2, "bleu": 2, "chrf": 2, "train_wall_s": 1, "wall_s": 1}
+
+
+def key_values(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """A flat dict as (key, formatted value) pairs, nested values left out."""
+    return [(k, fmt(v, SHORT_NUMBERS.get(k, 4)) if isinstance(v, float) else str(v)) for k, v in data.items()
+            if not isinstance(v, (dict, list))]

@@ -1,0 +1,247 @@
+"""`sweep()`: check everything, set up the folder, run the strategy, choose, train and test the final model."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from decaylab.config import Config, apply_overrides, build_config, config_to_dict, load_config
+from decaylab.errors import UserError
+from decaylab.sweep.points import Point, check_points, grid_points
+from decaylab.sweep.selection import build_table, choose
+from decaylab.sweep.spec import SweepSpec, build_spec
+from decaylab.sweep.store import RECORD_VERSION, SweepStore, TrialBook
+from decaylab.sweep.trial import TrialContext
+from decaylab.sweep.workers import TrialRunner, run_trials
+
+DEFAULT_BLEU_EXAMPLES = 200
+
+
+@dataclass
+class SweepResult:
+    """What a sweep found: the per-point table, the chosen row, the final model's test metrics."""
+
+    path: Path
+    table: list[dict[str, Any]]
+    best: dict[str, Any]
+    final: dict[str, Any] | None
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _resolve_base(config: Config | str | Path | None, overrides: Sequence[str],
+                  stored: dict[str, Any] | None = None) -> Config:
+    """A Config object as is (plus overrides), a YAML path loaded, or the stored base with overrides on top."""
+    if isinstance(config, Config):
+        return build_config(apply_overrides(config_to_dict(config), list(overrides))) if overrides else config
+    if config is not None:
+        return load_config(Path(config), list(overrides))
+    if stored is not None:
+        return build_config(apply_overrides(stored, list(overrides)), origin="sweep.yaml + overrides")
+    return load_config(None, list(overrides))
+
+
+def _default_mode(base: Config) -> str:
+    """The config's own decay mode when it has one; decoupled otherwise (what Adam-family optimizers want)."""
+    mode = base.regularization.mode
+    return mode if mode in ("l2", "coupled", "decoupled") else "decoupled"
+
+
+def _spec_args(spec: SweepSpec) -> dict[str, Any]:
+    """build_spec arguments that reproduce `spec` (to overlay the options given on a resume)."""
+    args: dict[str, Any] = {"strategy": spec.strategy, "lambdas": spec.lambdas, "modes": spec.modes,
+                            "dropouts": spec.dropouts, "rule": spec.rule, "metric": spec.metric,
+                            "no_zero": not spec.zero}
+    if spec.strategy == "cv":
+        args["folds"] = spec.folds
+    if spec.strategy == "optuna":
+        args.update(trials=spec.trials, pruner=spec.pruner, storage=spec.storage, study=spec.study)
+    if spec.strategy == "halving":
+        args.update(eta=spec.eta, min_epochs=spec.min_epochs)
+    return args
+
+
+def _with_bleu(base: Config, metric: str, say: Callable[[str], None]) -> Config:
+    """BLEU/chrF selection needs them computed at each evaluation."""
+    if metric == "loss" or base.train.bleu_examples:
+        return base
+    say(f"--metric {metric}: setting train.bleu_examples={DEFAULT_BLEU_EXAMPLES} (greedy decoding of that many "
+        "validation pairs at each evaluation)")
+    raw = config_to_dict(base)
+    raw["train"]["bleu_examples"] = DEFAULT_BLEU_EXAMPLES
+    return build_config(raw)
+
+
+def _say_to_stderr(quiet: bool) -> Callable[[str], None]:
+    if quiet:
+        return lambda message: None
+    return lambda message: print(message, file=sys.stderr, flush=True)
+
+
+def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str] = (), strategy: str | None = None,
+          lambdas: str | Sequence[float] | None = None, modes: str | Sequence[str] | None = None,
+          dropouts: str | Sequence[float] | None = None, folds: int | None = None, rule: str | None = None,
+          metric: str | None = None, trials: int | None = None, storage: str | None = None,
+          study: str | None = None, join: bool = False,
+          workers: int = 1, eta: int | None = None, min_epochs: int | None = None, pruner: str | None = None,
+          no_zero: bool | None = None, output: str | Path | None = None, resume: str | Path | None = None,
+          final: bool = True, quiet: bool = True, runner: TrialRunner = run_trials) -> SweepResult:
+    """Choose λ on evidence (grid, cv, optuna or halving); see docs/sweeps.md. Bad input raises UserError."""
+    started = time.perf_counter()
+    say = _say_to_stderr(quiet)
+    if workers < 1:
+        raise UserError(f"--workers: must be at least 1 (got {workers})")
+    given = {"strategy": strategy, "lambdas": lambdas, "modes": modes, "dropouts": dropouts, "folds": folds,
+             "rule": rule, "metric": metric, "trials": trials, "storage": storage, "study": study, "eta": eta,
+             "min_epochs": min_epochs, "pruner": pruner, "no_zero": no_zero}
+    given = {k: v for k, v in given.items() if v is not None}
+    stored: dict[str, Any] | None = None
+    if resume is not None:
+        store = SweepStore(Path(resume))
+        stored = store.read_record()
+        if output is not None and Path(output).resolve() != store.root.resolve():
+            raise UserError("--output and --resume name different folders; give only --resume DIR")
+        base = _resolve_base(config, overrides, stored["base"])
+        if given.get("strategy", stored["spec"]["strategy"]) != stored["spec"]["strategy"]:
+            raise UserError(f"{store.root}: this sweep was started with --strategy {stored['spec']['strategy']}, "
+                            f"not {given['strategy']}; resume it with its own settings or start a new sweep")
+        args = {**_spec_args(SweepSpec(**stored["spec"])), **given}
+        spec = build_spec(**{k: v for k, v in args.items() if k != "no_zero"}, no_zero=bool(args.get("no_zero")),
+                          join=join, default_mode=_default_mode(base))
+    else:
+        base = _resolve_base(config, overrides)
+        spec = build_spec(**{k: v for k, v in given.items() if k != "no_zero"}, no_zero=bool(no_zero), join=join,
+                          default_mode=_default_mode(base))
+        store = SweepStore(Path(output) if output is not None else _default_output(config, spec))
+        if spec.strategy == "optuna" and spec.study is None:
+            spec.study = store.root.resolve().name
+    base = _with_bleu(base, spec.metric, say)
+    plan = _validate(spec, base, store, stored, join)
+    return _run(spec, base, store, plan, workers, join, resume is not None, final, quiet, runner, started)
+
+
+def _default_output(config: Config | str | Path | None, spec: SweepSpec) -> Path:
+    stem = Path(str(config)).stem if isinstance(config, (str, Path)) else "sweep"
+    return Path("sweeps") / f"{stem}-{spec.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class _Plan:
+    record: dict[str, Any]
+    points: list[Point]
+    splits: Any
+    folds: list[list[int]] | None
+    storage: str | None
+
+
+def _validate(spec: SweepSpec, base: Config, store: SweepStore, stored: dict[str, Any] | None, join: bool) -> _Plan:
+    """Every check that can fail on bad input, before anything is written."""
+    from decaylab.data.splits import load_splits
+    from decaylab.sweep.folds import fold_indices
+    from decaylab.sweep.optuna_search import open_storage, storage_url
+
+    if spec.min_epochs is not None and spec.min_epochs >= base.train.epochs:
+        raise UserError(f"--min-epochs: must be below train.epochs ({base.train.epochs}), got {spec.min_epochs}")
+    points = grid_points(spec, base) if spec.strategy != "optuna" else [
+        Point(mode, spec.lambda_range[0], base.model.dropout) for mode in spec.modes]
+    check_points(base, points, spec.modes)
+    splits = load_splits(base.data)
+    folds = fold_indices(len(splits.train), spec.folds, base.seed) if spec.strategy == "cv" else None
+    record = {"version": RECORD_VERSION, "spec": spec.to_dict(), "base": config_to_dict(base),
+              "data_fingerprint": splits.fingerprint}
+    if stored is not None:
+        store.check_same(stored, record)
+    elif store.root.exists():
+        if store.is_sweep():
+            if not join:
+                raise UserError(f"{store.root}: already holds a sweep; continue it with --resume {store.root} "
+                                "or choose another --output")
+            store.check_same(store.read_record(), record)
+        elif any(store.root.iterdir()) and not join:
+            raise UserError(f"{store.root}: exists and is not a sweep folder; choose another --output")
+    url = None
+    if spec.strategy == "optuna":
+        url = storage_url(spec.storage, store.root)
+        if spec.storage is not None or store.is_sweep():
+            open_storage(url)  # a bad URL fails here, before the sweep folder exists
+    return _Plan(record, points, splits, folds, url)
+
+
+def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers: int, join: bool, resuming: bool,
+         final: bool, quiet: bool, runner: TrialRunner, started: float) -> SweepResult:
+    from decaylab.sweep.cv import run_cv
+    from decaylab.sweep.final import run_final
+    from decaylab.sweep.grid import run_grid
+    from decaylab.sweep.halving import run_halving
+    from decaylab.sweep.optuna_search import run_optuna
+    from decaylab.sweep.shared import prepare_shared
+
+    say = _say_to_stderr(quiet)
+    store.root.mkdir(parents=True, exist_ok=True)
+    if not store.is_sweep():
+        store.write_record(plan.record)
+    say(f"sweep {store.root}: {spec.strategy}, {plan.splits.sizes()} pairs")
+    shared = prepare_shared(store.shared, base, plan.splits)
+    ctx = TrialContext(str(store.root.resolve()), config_to_dict(base), spec.modes,
+                       plan.record["data_fingerprint"], plan.folds)
+    book = TrialBook(store)
+    extra: dict[str, Any] = {}
+    if spec.strategy == "grid":
+        rows = run_grid(ctx, plan.points, book, workers, say, runner)
+        table_rows = rows
+    elif spec.strategy == "cv":
+        rows = run_cv(ctx, plan.points, book, workers, say, runner)
+        table_rows = rows
+    elif spec.strategy == "halving":
+        table_rows, extra["halving"] = run_halving(ctx, plan.points, book, workers, say, base.train.epochs,
+                                                   spec.eta, spec.metric, spec.min_epochs, runner)
+        rows = book.all()
+    else:
+        settings = {"storage": plan.storage, "study": spec.study, "trials": spec.trials,
+                    "metric": spec.metric, "pruner": spec.pruner, "seed": None if join else base.seed,
+                    "zero": spec.zero, "modes": spec.modes, "dropouts": spec.dropouts,
+                    "base_dropout": base.model.dropout, "lo": spec.lambda_range[0], "hi": spec.lambda_range[1]}
+        rows = run_optuna(ctx, settings, workers, say, leader=not join, resume=resuming, verbose=not quiet)
+        store.write_rows(rows)
+        table_rows = rows
+        extra["optuna"] = {"storage": plan.storage, "study": settings["study"],
+                           "complete": sum(r["status"] == "done" for r in rows),
+                           "pruned": sum(r["status"] == "pruned" for r in rows)}
+    table = build_table(table_rows, spec.metric)
+    chosen_row = choose(table, spec.rule, spec.metric)
+    chosen = {"lambda": chosen_row["lambda"], "mode": chosen_row["mode"], "dropout": chosen_row["dropout"],
+              "rule": spec.rule, "metric": spec.metric, "mean": chosen_row["mean"], "se": chosen_row["se"]}
+    point = Point(chosen["mode"], chosen["lambda"], chosen["dropout"])
+    final_info = None
+    if final and not join:
+        final_info = run_final(store, ctx, shared, point, _reusable(spec, table_rows, point, base), say)
+    compute_s = _compute_seconds(rows) + ((final_info or {}).get("train_wall_s") or 0.0)
+    summary = {"strategy": spec.strategy, "chosen": chosen, "table": table, "final": final_info,
+               "compute_s": compute_s, "wall_s": time.perf_counter() - started, "trials": len(rows),
+               "spec": spec.to_dict(), **extra}
+    if not join:
+        store.write_summary(summary)
+    return SweepResult(store.root, table, {**chosen_row, **chosen}, final_info, rows, summary)
+
+
+def _reusable(spec: SweepSpec, rows: list[dict[str, Any]], point: Point, base: Config) -> str | None:
+    """The trial that trained exactly the final configuration (same point, training split, full epochs)."""
+    if spec.strategy == "cv":
+        return None
+    matches = [r for r in rows if (r["mode"], r["lambda"], r["dropout"]) == (point.mode, point.lam, point.dropout)
+               and r["status"] == "done" and (r.get("budget") is None or r["budget"] >= base.train.epochs)]
+    if not matches:
+        return None
+    return min(matches, key=lambda r: r["best_val_loss"])["trial"]
+
+
+def _compute_seconds(rows: list[dict[str, Any]]) -> float:
+    """Training seconds over distinct run folders (a halving survivor's rungs are one run, counted once)."""
+    per_run: dict[str, float] = {}
+    for row in rows:
+        per_run[row["run"]] = max(per_run.get(row["run"], 0.0), row.get("wall_s") or 0.0)
+    return sum(per_run.values())

@@ -1,0 +1,81 @@
+"""Points of a sweep (mode, λ, dropout) and the run configuration each one trains with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from decaylab.config import Config, build_config, config_to_dict
+from decaylab.errors import UserError
+from decaylab.sweep.spec import SweepSpec
+
+
+@dataclass(frozen=True)
+class Point:
+    """One regularization setting: `mode` none (the λ = 0 baseline), l2, coupled, decoupled or l1."""
+
+    mode: str
+    lam: float
+    dropout: float
+
+    @property
+    def key(self) -> str:
+        """Folder-safe name, e.g. `decoupled-0.001-p0.1`."""
+        return f"{self.mode}-{self.lam:g}-p{self.dropout:g}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields of a trials.jsonl / table row that identify the point."""
+        return {"lambda": self.lam, "mode": self.mode, "dropout": self.dropout}
+
+
+def grid_points(spec: SweepSpec, base: Config) -> list[Point]:
+    """Every (mode, λ, dropout) of the grid; λ = 0 is one shared `none` point per dropout, not one per mode."""
+    dropouts = spec.dropouts if spec.dropouts is not None else [base.model.dropout]
+    points = []
+    for dropout in dropouts:
+        if 0.0 in spec.lambdas:
+            points.append(Point("none", 0.0, dropout))
+        for mode in spec.modes:
+            points.extend(Point(mode, lam, dropout) for lam in spec.lambdas if lam > 0)
+    return points
+
+
+def trial_config(base: Config, point: Point, swept_modes: list[str]) -> Config:
+    """The base config with the point's regularization and dropout; everything else untouched."""
+    raw = config_to_dict(base)
+    reg = raw["regularization"]
+    if point.mode == "none":
+        # The baseline has no weight decay; it keeps the base L1 unless L1 itself is being swept.
+        reg.update(mode="none", weight_decay=0.0, l1=0.0 if "l1" in swept_modes else reg["l1"])
+    elif point.mode == "l1":
+        reg.update(mode="none", weight_decay=0.0, l1=point.lam)
+    else:
+        reg.update(mode=point.mode, weight_decay=point.lam)
+    if reg["mode"] != "decoupled":
+        reg["decay_scaling"] = "lr"  # `schedule` only exists for decoupled decay
+    raw["model"]["dropout"] = point.dropout
+    return build_config(raw, origin=f"sweep point {point.key}")
+
+
+def check_points(base: Config, points: list[Point], swept_modes: list[str]) -> None:
+    """Build each distinct mode's optimizer on a toy module, so a contradiction fails before anything is written."""
+    from torch import nn
+
+    from decaylab.regularization import Regularization
+
+    seen: set[str] = set()
+    for point in points:
+        if point.mode in seen:
+            continue
+        seen.add(point.mode)
+        cfg = trial_config(base, point, swept_modes)
+        toy = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+        # `exclude`/`multipliers` regexes name the real model's parameters, which the toy lacks.
+        settings = {**cfg.regularization.model_dump(), "exclude": [], "multipliers": {}}
+        try:
+            reg = Regularization(**settings)
+            kwargs: dict[str, Any] = ({"momentum": cfg.train.momentum} if cfg.train.optimizer == "sgd"
+                                      else {"betas": cfg.train.betas})
+            reg.optimizer(toy, cfg.train.optimizer, lr=cfg.train.lr, **kwargs)
+        except ValueError as exc:
+            raise UserError(f"--mode {point.mode}: {exc}") from None

@@ -1,0 +1,47 @@
+"""The sweep table as the CLI prints it (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def render_table(summary: dict[str, Any], title: str) -> None:
+    """Print the per-point table (mean ± SE), the chosen row marked, and the final test metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    chosen = summary["chosen"]
+    metric = chosen["metric"]
+    table = Table(title=title)
+    show_dropout = len({row["dropout"] for row in summary["table"]}) > 1
+    columns = ["", "mode", "λ"] + (["dropout"] if show_dropout else []) + [f"{metric} mean", "± SE", "n", "epochs",
+                                                                            "status"]
+    for column in columns:
+        table.add_column(column, justify="right" if column not in ("", "mode", "status") else "left")
+    digits = 4 if metric == "loss" else 2
+    for row in summary["table"]:
+        mark = "★" if (row["mode"], row["lambda"], row["dropout"]) == \
+            (chosen["mode"], chosen["lambda"], chosen["dropout"]) else ""
+        mean = _fmt(row["mean"], digits) if row["mean"] is not None else (
+            f"({_fmt(row.get('partial'), digits)})" if row.get("partial") is not None else "")
+        cells = [mark, row["mode"], f"{row['lambda']:.3g}"] + ([f"{row['dropout']:g}"] if show_dropout else [])
+        table.add_row(*cells, mean, _fmt(row["se"], digits), str(row["n_folds"]), f"{row.get('epochs') or 0:g}",
+                      row["status"])
+    console = Console()
+    console.print(table)
+    console.print(f"chosen: mode {chosen['mode']}, λ = {chosen['lambda']:g}, dropout {chosen['dropout']:g} "
+                  f"(rule {chosen['rule']}, metric {metric}); compute {summary['compute_s']:.0f} s", highlight=False)
+    halving = summary.get("halving")
+    if halving:
+        console.print(f"successive halving trained {halving['epochs_trained']:g} of {halving['epochs_full_grid']} "
+                      f"epochs of the full grid ({halving['compute_fraction']:.0%}); about "
+                      f"{halving['estimated_saved_s']:.0f} s saved", highlight=False)
+    final = summary.get("final")
+    if final and final.get("test"):
+        test = final["test"]
+        console.print(f"final model {final['run']}: test loss {test['loss']:.4f}, ppl {test['ppl']:.2f}, "
+                      f"BLEU {test['bleu']:.2f}, chrF {test['chrf']:.2f}, gap {test['gap']:+.4f}", highlight=False)

@@ -1,0 +1,69 @@
+"""What every trial of a sweep shares: the splits, one tokenizer and one set of initial weights.
+
+One tokenizer (trained on the training split, as the final model's is) gives every trial and fold the same
+vocabulary, hence the same parameter shapes, so one initial state dict serves all of them: a difference
+between two λ (or two folds) is never a difference of initialisation. Both are written to `shared/` so that
+worker processes and resumed sweeps load exactly the same ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
+from decaylab.config import Config
+from decaylab.data.splits import Splits, load_splits
+from decaylab.data.tokenizer import load_tokenizer, train_tokenizer
+from decaylab.errors import UserError
+from decaylab.files import atomic_write
+from decaylab.models import build_model
+from decaylab.training.checkpoint import model_tensors
+from decaylab.training.trainer import seed_everything
+
+TOKENIZER, INIT = "tokenizer.json", "init.safetensors"
+
+
+@dataclass
+class Shared:
+    """Loaded shared resources of one sweep."""
+
+    splits: Splits
+    tokenizer: Tokenizer
+    init: dict[str, torch.Tensor]
+
+
+_CACHE: dict[str, Shared] = {}  # per process: a worker loads the data and weights once, not once per trial
+
+
+def prepare_shared(folder: Path, base: Config, splits: Splits) -> Shared:
+    """Train the tokenizer and draw the initial weights once (kept when they already exist, e.g. on resume)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tok_path, init_path = folder / TOKENIZER, folder / INIT
+    if not tok_path.is_file():
+        texts = [p.source for p in splits.train] + [p.target for p in splits.train]
+        tokenizer = train_tokenizer(texts, base.tokenizer)
+        atomic_write(tok_path, lambda tmp: tokenizer.save(str(tmp)))
+    tokenizer = load_tokenizer(tok_path)
+    if not init_path.is_file():
+        seed_everything(base.seed)  # the same draw a single run with this seed would make
+        model = build_model(base.model, tokenizer.get_vocab_size())
+        atomic_write(init_path, lambda tmp: save_file(model_tensors(model), str(tmp)))
+    shared = Shared(splits, tokenizer, load_file(str(init_path)))
+    _CACHE[str(folder.resolve())] = shared
+    return shared
+
+
+def load_shared(folder: Path, base: Config, fingerprint: str) -> Shared:
+    """The shared resources of a sweep, loaded once per process; the data must still be what it was."""
+    key = str(folder.resolve())
+    if key not in _CACHE:
+        splits = load_splits(base.data)
+        if splits.fingerprint != fingerprint:
+            raise UserError(f"{base.data.name}: the data changed since this sweep started (fingerprint "
+                            f"{splits.fingerprint[:12]} != {fingerprint[:12]})")
+        _CACHE[key] = Shared(splits, load_tokenizer(folder / TOKENIZER), load_file(str(folder / INIT)))
+    return _CACHE[key]
