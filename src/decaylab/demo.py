@@ -19,6 +19,7 @@ from decaylab.config import load_config
 from decaylab.data.splits import load_splits
 from decaylab.evaluation.metrics import text_metrics
 from decaylab.generation import translate
+from decaylab.report import write_report
 from decaylab.training import Trainer
 from decaylab.training.load import load_trained
 from decaylab.ui import console as make_console
@@ -77,6 +78,8 @@ def run_demo(output: Path, overrides: list[str], quiet: bool = False) -> list[di
                      "signature": scores.bleu_signature})
     _print_table(console, rows)
     _print_samples(console, rows)
+    reports = [write_report(output / label) for label, _ in DEMO_RUNS]
+    console.print("\nreports: " + ", ".join(str(path) for path in reports))
     console.print(f"\ndemo wall time {time.perf_counter() - started:.0f} s; runs in {output}/")
     return rows
 
@@ -99,7 +102,7 @@ def _print_table(console: Console, rows: list[dict]) -> None:
 
 def _print_samples(console: Console, rows: list[dict]) -> None:
     for i, pair in enumerate(rows[0]["sample"]):
-        console.print(f"\n[bold]source[/bold]     {pair.source}\n[bold]reference[/bold]  {pair.target}",
+        console.print(f"\n[bold]source[/bold]           {pair.source}\n[bold]reference[/bold]        {pair.target}",
                       highlight=False)
         for r in rows:
-            console.print(f"[bold]{r['label']:<11}[/bold] {r['hyps'][i]}", highlight=False)
+            console.print(f"[bold]{r['label']:<16}[/bold] {r['hyps'][i]}", highlight=False)
