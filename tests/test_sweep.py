@@ -302,3 +302,17 @@ def test_a_used_folder_needs_resume(grid_run) -> None:
     out, _ = grid_run
     with pytest.raises(UserError, match="already holds a sweep; continue it with --resume"):
         sweep(tiny_config(), lambdas="1e-2,3", modes="coupled", output=out)
+
+
+def test_sweep_command_writes_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sw"
+    monkeypatch.setattr(sys, "argv", ["decaylab", "sweep", *tiny_flags("train.epochs=2"), "--lambdas", "0.1",
+                                      "--mode", "decoupled", "-q", "-o", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0
+    chosen = json.loads((out / "summary.json").read_text())["chosen"]
+    assert f"report {out / 'report.html'}" in capsys.readouterr().out
+    html = (out / "report.html").read_text()
+    assert "U-curve" in html and f"{chosen['lambda']:g}" in html

@@ -90,3 +90,7 @@ def sweep(
         raise SystemExit(130) from None
     render_table(result.summary, f"sweep {result.path} ({result.summary['strategy']})")
     typer.echo(f"sweep folder {result.path}")
+    if not join:  # a --join worker leaves the report to the process that chooses λ
+        from decaylab.report import write_report
+
+        typer.echo(f"report {write_report(result.path)}")

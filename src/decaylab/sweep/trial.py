@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.config import Config, build_config
+from decaylab.files import read_jsonl
+from decaylab.sweep.folds import fold_splits
 from decaylab.sweep.points import Point, trial_config
+from decaylab.sweep.shared import load_shared
+from decaylab.sweep.store import SweepStore
+from decaylab.training import RunPaths, Trainer, TrainingDiverged
+from decaylab.training.checkpoint import load_trainer_state
 
 # Statuses of a finished trials.jsonl row; anything else (or no row) means the trial still has work to do.
 FINISHED = ("done", "pruned", "diverged")
@@ -53,12 +59,6 @@ Monitor = Callable[[list[dict[str, Any]]], None]
 
 def train_trial(ctx: TrialContext, job: TrialJob, monitor: Monitor | None = None) -> dict[str, Any]:
     """Train (or continue) one trial and return its trials.jsonl row; a finished trial is not retrained."""
-    from decaylab.files import read_jsonl
-    from decaylab.sweep.folds import fold_splits
-    from decaylab.sweep.shared import load_shared
-    from decaylab.sweep.store import SweepStore
-    from decaylab.training import RunPaths, Trainer, TrainingDiverged
-
     store = SweepStore(Path(ctx.root))
     base = ctx.base_config()
     shared = load_shared(store.shared, base, ctx.fingerprint)
@@ -89,34 +89,26 @@ def train_trial(ctx: TrialContext, job: TrialJob, monitor: Monitor | None = None
         except TrainingDiverged:
             status = "diverged"
         history = [row for row in read_jsonl(paths.metrics) if row["step"] <= _checkpoint_step(paths)]
-    elif monitor is not None and history:
-        monitor(history)  # e.g. let a pruner see a trial that had finished before a kill
     return trial_row(job, history, status, run.relative_to(store.root))
 
 
-def _checkpoint_step(paths) -> int:
+def _checkpoint_step(paths: RunPaths) -> int:
     """The step of `checkpoints/last` (0 when there is none yet)."""
-    from decaylab.training.checkpoint import load_trainer_state
-
     if not (paths.last.exists() or paths.last.with_name("last.old").exists()):
         return 0
     return int(load_trainer_state(paths.last)["progress"]["step"])
 
 
-def _checkpointed_history(paths) -> list[dict[str, Any]]:
+def _checkpointed_history(paths: RunPaths) -> list[dict[str, Any]]:
     """Metric rows the last checkpoint covers (a kill between writing metrics and the checkpoint adds none)."""
-    from decaylab.files import read_jsonl
-
     step = _checkpoint_step(paths)
     return [row for row in read_jsonl(paths.metrics) if row["step"] <= step] if step else []
 
 
-def _reached(history: list[dict[str, Any]], budget: float | None, paths) -> bool:
+def _reached(history: list[dict[str, Any]], budget: float | None, paths: RunPaths) -> bool:
     """True when the checkpoint already covers the epoch budget, or the run stopped early."""
     if budget is None or not history:
         return False
-    from decaylab.training.checkpoint import load_trainer_state
-
     progress = load_trainer_state(paths.last)["progress"]
     return history[-1]["epoch"] >= budget - 1e-9 or bool(progress.get("stopped_early"))
 

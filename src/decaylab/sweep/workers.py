@@ -2,7 +2,11 @@
 
 `run_trials` is the seam of the grid-shaped strategies (grid, CV folds, each halving rung): they hand it a
 list of independent jobs and get one trials.jsonl row per job back, in job order. A vectorized engine that
-trains K points at once as one stacked model can replace it without the strategies changing.
+trains K points at once as one stacked model can replace it (the `runner=` argument of `sweep`) without the
+strategies changing. A replacement must, per job: train `trial_config(ctx.base_config(), job.point, ctx.modes)`
+from the shared tokenizer and initial weights (`shared.load_shared`), on the job's fold if any, stopping at
+`job.budget` epochs if set; write the normal run folder `SweepStore(ctx.root).run_dir(job.key)` (so a resume or
+a halving rung can continue it); and return `trial.trial_row(...)`, calling `on_result` as each job finishes.
 """
 
 from __future__ import annotations
