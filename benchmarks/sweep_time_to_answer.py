@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import common  # noqa: E402  (shared machine description)
+
 from decaylab.config import load_config  # noqa: E402
 from decaylab.sweep import sweep  # noqa: E402
 
@@ -34,16 +36,6 @@ BASE = ["data.name=bible-en-es", "data.max_valid_examples=300", "data.max_words=
         "regularization.decay_set=no_bias_norm", "seed=0"]
 FULL = {"examples": 800, "epochs": 9, "lambdas": "log:1e-3:1:9"}
 QUICK = {"examples": 400, "epochs": 5, "lambdas": "log:1e-3:1:4"}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(label: str, **kwargs):
@@ -68,14 +60,14 @@ def main() -> None:
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="sweep-bench-"))
     shutil.rmtree(work, ignore_errors=True)
     load_before = os.getloadavg()[0]
-    common = {"lambdas": size["lambdas"], "modes": "decoupled"}
+    grid_spec = {"lambdas": size["lambdas"], "modes": "decoupled"}
     try:
-        grid, grid_time, grid_epochs = timed("grid", config=base, strategy="grid", output=work / "grid", **common)
+        grid, grid_time, grid_epochs = timed("grid", config=base, strategy="grid", output=work / "grid", **grid_spec)
         n_points = len(grid.table)
         halving, halving_time, halving_epochs = timed("halving", config=base, strategy="halving", eta=3,
-                                                      output=work / "halving", **common)
+                                                      output=work / "halving", **grid_spec)
         optuna, optuna_time, optuna_epochs = timed("optuna", config=base, strategy="optuna", trials=n_points,
-                                                   pruner="median", output=work / "optuna", **common)
+                                                   pruner="median", output=work / "optuna", **grid_spec)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -122,7 +114,7 @@ def main() -> None:
         "setup": {"data": f"bible-en-es, {size['examples']} training pairs (≤ 30 words), 300 validation pairs",
                   "model": "GRU seq2seq, embed 64, hidden 128, BPE 2000, AdamW lr 0.01, decoupled decay",
                   "quick": args.quick},
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"cpu": common.cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "torch": __import__("torch").__version__, "load_avg_before": load_before,
                     "load_avg_after": os.getloadavg()[0]},
         "command": "python benchmarks/sweep_time_to_answer.py" + (" --quick" if args.quick else ""),
