@@ -29,6 +29,7 @@ from decaylab.files import atomic_write_jsonl, read_jsonl
 from decaylab.models import build_model, count_parameters
 from decaylab.regularization import Regularization
 from decaylab.training.checkpoint import load_model_weights, load_trainer_state, save_checkpoint
+from decaylab.training.progress import StepProgress
 from decaylab.training.run_files import RunPaths, build_meta, load_run_config, write_run_header
 from decaylab.training.schedule import lr_multiplier
 
@@ -97,6 +98,7 @@ class Trainer:
         # Called with each metrics row after it is written and checkpointed; an exception it raises (e.g. a
         # sweep pruning the trial) ends training with everything up to that evaluation on disk.
         self.on_evaluate = on_evaluate
+        self.progress_bar: StepProgress | None = None  # set while fit() runs
         self.paths = RunPaths(Path(run_dir))
         self.quiet = quiet
         self.resume = resume
@@ -206,7 +208,6 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train until the epochs, max_steps or patience run out; returns the best evaluation."""
-        cfg = self.config.train
         progress = {"step": 0, "epoch": 0, "batch": 0, "best_val_loss": math.inf, "best_step": -1,
                     "bad_evals": 0, "wall_s": 0.0, "stopped_early": False}
         history: list[dict[str, Any]] = []
@@ -223,8 +224,23 @@ class Trainer:
         writer = self._tensorboard()
         self.model.train()
         started = time.perf_counter() - progress["wall_s"]
-        loss_sum, tok_sum, window_start = 0.0, 0, time.perf_counter()
         done = progress["stopped_early"] or progress["step"] >= self.total_steps
+        self.progress_bar = StepProgress(self.total_steps, progress["step"], self.quiet)
+        try:
+            with self.progress_bar:
+                self._fit_loop(progress, history, writer, started, kill_after, done)
+        finally:
+            self.progress_bar = None
+            if writer is not None:
+                writer.close()
+        return TrainResult(self.paths.root, progress["best_val_loss"], progress["best_step"], history,
+                           progress["stopped_early"])
+
+    def _fit_loop(self, progress: dict[str, Any], history: list[dict[str, Any]], writer, started: float,
+                  kill_after: int, done: bool) -> None:
+        """The epochs and steps of `fit`, updating `progress` and `history` in place."""
+        cfg = self.config.train
+        loss_sum, tok_sum, window_start = 0.0, 0, time.perf_counter()
         while not done and progress["epoch"] < cfg.epochs:
             batches = self._epoch_batches(progress["epoch"])
             for index in range(progress["batch"], len(batches)):
@@ -233,6 +249,7 @@ class Trainer:
                 tok_sum += batches[index].n_tokens
                 progress["step"] += 1
                 progress["batch"] = index + 1
+                self.progress_bar.step(loss)
                 if kill_after and progress["step"] == kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
                 end_of_epoch = index + 1 == len(batches)
@@ -271,10 +288,6 @@ class Trainer:
                 if progress["stopped_early"] or progress["step"] >= self.total_steps:
                     done = True
                     break
-        if writer is not None:
-            writer.close()
-        return TrainResult(self.paths.root, progress["best_val_loss"], progress["best_step"], history,
-                           progress["stopped_early"])
 
     def _train_step(self, batch: Batch, step: int) -> float:
         """One optimizer step; returns the batch's mean task loss per target token."""
@@ -326,7 +339,9 @@ class Trainer:
                   + (" *" if improved else ""))
 
     def _say(self, message: str) -> None:
-        if not self.quiet:
+        if self.progress_bar is not None:
+            self.progress_bar.say(message)
+        elif not self.quiet:
             print(message, file=sys.stderr, flush=True)
 
 
