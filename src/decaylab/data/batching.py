@@ -27,19 +27,25 @@ class Batch:
                      self.n_tokens)
 
 
+def pad_sources(sources: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded source ids [B, S] and their lengths [B] (on the CPU, as pack_padded_sequence wants)."""
+    src = torch.full((len(sources), max(map(len, sources))), PAD_ID, dtype=torch.long)
+    for i, s in enumerate(sources):
+        src[i, : len(s)] = torch.tensor(s)
+    return src, torch.tensor([len(s) for s in sources], dtype=torch.long)
+
+
 def collate(sources: list[list[int]], targets: list[list[int]]) -> Batch:
     """Pad a list of examples; targets are given ending with EOS and get BOS prepended for the input."""
     batch = len(sources)
-    src = torch.full((batch, max(map(len, sources))), PAD_ID, dtype=torch.long)
+    src, src_len = pad_sources(sources)
     tgt_len = max(map(len, targets))
     tgt_in = torch.full((batch, tgt_len), PAD_ID, dtype=torch.long)
     tgt_out = torch.full((batch, tgt_len), PAD_ID, dtype=torch.long)
-    for i, (s, t) in enumerate(zip(sources, targets, strict=True)):
-        src[i, : len(s)] = torch.tensor(s)
+    for i, t in enumerate(targets):
         tgt_out[i, : len(t)] = torch.tensor(t)
         tgt_in[i, 0] = BOS_ID
         tgt_in[i, 1 : len(t)] = torch.tensor(t[:-1])
-    src_len = torch.tensor([len(s) for s in sources], dtype=torch.long)
     return Batch(src, src_len, tgt_in, tgt_out, sum(map(len, targets)))
 
 

@@ -6,20 +6,12 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from decaylab.data.tokenizer import PAD_ID, decode, encode
+from decaylab.data.batching import pad_sources
+from decaylab.data.tokenizer import decode, encode
 from decaylab.generation.filtering import check_sampling
 from decaylab.generation.search import beam_search, check_beam, greedy, max_lengths, sample
 
 METHODS = ("greedy", "beam", "sample")
-
-
-def _pad(sequences: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A padded source batch [B, S] on `device` and its lengths [B] on the CPU."""
-    src_len = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-    src = torch.full((len(sequences), int(src_len.max())), PAD_ID, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        src[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return src.to(device), src_len
 
 
 def translate(model: nn.Module, tokenizer: Tokenizer, sources: list[str], *, method: str = "greedy",
@@ -58,7 +50,8 @@ def translate(model: nn.Module, tokenizer: Tokenizer, sources: list[str], *, met
     try:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            src, src_len = _pad([ids[i] for i in chunk], device)
+            src, src_len = pad_sources([ids[i] for i in chunk])
+            src = src.to(device)
             limit = max_lengths(src_len, max_len_ratio, max_len_extra)
             if method == "greedy":
                 hyps = greedy(model, src, src_len, limit)

@@ -303,10 +303,11 @@ class Trainer:
                                     f"{first[:300]}); train without it (train.compile=false)") from exc
                 raise
         loss = task + self.reg.penalty(self.model)
-        value = task.item()
-        if not math.isfinite(value) or not torch.isfinite(loss):
+        # One host sync for both numbers (on a GPU each .item() waits for the device).
+        value, total = torch.stack([task.detach().float(), loss.detach().float()]).tolist()
+        if not (math.isfinite(value) and math.isfinite(total)):
             raise TrainingDiverged(
-                f"step {step + 1}: the loss became {value} (lower train.lr, set train.clip_norm, or check the data); "
+                f"step {step + 1}: the loss became {total} (lower train.lr, set train.clip_norm, or check the data); "
                 f"stopped, the last good checkpoint is in {self.paths.last}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
