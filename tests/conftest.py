@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from decaylab.cli import main
 from decaylab.config import Config, load_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -32,3 +37,28 @@ def tiny_config(*overrides: str) -> Config:
 def tiny() -> Config:
     """The tiny config with default settings."""
     return tiny_config()
+
+
+@dataclass
+class CliResult:
+    """Exit code and captured output of one in-process `decaylab` invocation."""
+
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """Run `decaylab ARGS` in-process through the installed entry point (a subprocess per case costs seconds)."""
+
+    def invoke(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["decaylab", *args])
+        monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+        capsys.readouterr()  # only this invocation's output
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        captured = capsys.readouterr()
+        return CliResult(exit_info.value.code, captured.out, captured.err)
+
+    return invoke

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -10,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from decaylab.cli import main
 from tests.conftest import TINY_OVERRIDES, TINY_PAIRS
 
 CLI = [sys.executable, "-m", "decaylab.cli"]
@@ -91,16 +89,12 @@ def test_resume_of_finished_run_is_a_no_op(trained_run: Path) -> None:
     ],
 )
 def test_bad_input_is_one_line_with_exit_code_2(
-    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli
 ) -> None:
-    # In-process through the same entry point as the installed command (a subprocess per case costs seconds).
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["decaylab", *args])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
+    result = cli(*args)
+    err = result.err
+    assert result.code == 2, err
     assert message in err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
@@ -113,13 +107,9 @@ def test_installed_command_reports_errors_without_traceback(tmp_path: Path) -> N
     assert "Traceback" not in proc.stderr
 
 
-def test_bad_tsv_line_is_named(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_tsv_line_is_named(tmp_path: Path, cli) -> None:
     bad = tmp_path / "bad.tsv"
     bad.write_text("a\tb\nonly one column\n")
-    monkeypatch.setattr(sys, "argv", ["decaylab", "train", "--data", str(bad), "--output", str(tmp_path / "r")])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2
-    assert "bad.tsv:2: expected 2 tab-separated columns" in capsys.readouterr().err
+    result = cli("train", "--data", str(bad), "--output", str(tmp_path / "r"))
+    assert result.code == 2
+    assert "bad.tsv:2: expected 2 tab-separated columns" in result.err

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from decaylab.cli import main
 from decaylab.files import read_jsonl
 from decaylab.report import write_report
 from decaylab.report.browser import BrowserUnavailable, capture, find_chromium
@@ -144,14 +142,11 @@ def test_audit_of_the_final_model(page: Page) -> None:
     assert "decay set no_bias_norm" in text and "every parameter (18 tensors)" in text
 
 
-def test_run_report_through_the_cli(tiny_sweep: Path, monkeypatch: pytest.MonkeyPatch,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_report_through_the_cli(tiny_sweep: Path, cli) -> None:
     run = tiny_sweep / "trials" / "decoupled-0.1-p0.1-fold1"
-    monkeypatch.setattr(sys, "argv", ["decaylab", "report", str(run), "--samples", "3"])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 0
-    assert f"wrote {run / 'report.html'}" in capsys.readouterr().out
+    result = cli("report", str(run), "--samples", "3")
+    assert result.code == 0
+    assert f"wrote {run / 'report.html'}" in result.out
     run_page = Page((run / "report.html").read_text(encoding="utf-8"))
     assert run_page.sections == RUN_SECTIONS
     assert {img["figure"] for img in run_page.images} == {"fig-learning_curves", "fig-weight_norms",
@@ -177,14 +172,11 @@ def test_unfinished_sweep_still_renders(tiny_sweep: Path, tmp_path: Path) -> Non
     (["report", "."], "neither a decaylab run folder (config.yaml) nor a sweep folder (sweep.yaml)"),
 ])
 def test_bad_path_is_one_line_with_exit_code_2(args: list[str], message: str, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+                                               monkeypatch: pytest.MonkeyPatch, cli) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["decaylab", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    result = cli(*args)
+    err = result.err
+    assert result.code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 def _need_browser() -> None:

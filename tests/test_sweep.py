@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from decaylab.cli import main
 from decaylab.files import read_jsonl
 from decaylab.sweep import sweep
 from decaylab.training import Trainer
@@ -260,16 +258,12 @@ def test_optuna_workers_and_journal_storage(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args: list[str], message: str, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                                         monkeypatch: pytest.MonkeyPatch, cli) -> None:
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "sw"
-    monkeypatch.setattr(sys, "argv", ["decaylab", "sweep", *tiny_flags(), *args, "-o", str(out)])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2, err
+    result = cli("sweep", *tiny_flags(), *args, "-o", str(out))
+    err = result.err
+    assert result.code == 2, err
     assert message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()  # nothing half-written
@@ -283,16 +277,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(args: list[str], messag
         (["--strategy", "cv"], "started with --strategy grid, not cv"),
     ],
 )
-def test_resuming_with_a_different_config_is_refused(grid_run, args: list[str], message: str,
-                                                     monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_resuming_with_a_different_config_is_refused(grid_run, args: list[str], message: str, cli) -> None:
     out, _ = grid_run
     before = {p: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
-    monkeypatch.setattr(sys, "argv", ["decaylab", "sweep", "--resume", str(out), *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    result = cli("sweep", "--resume", str(out), *args)
+    err = result.err
+    assert result.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert {p: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == before
 
 
@@ -304,15 +294,12 @@ def test_a_used_folder_needs_resume(grid_run) -> None:
         sweep(tiny_config(), lambdas="1e-2,3", modes="coupled", output=out)
 
 
-def test_sweep_command_writes_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_command_writes_the_report(tmp_path: Path, cli) -> None:
     out = tmp_path / "sw"
-    monkeypatch.setattr(sys, "argv", ["decaylab", "sweep", *tiny_flags("train.epochs=2"), "--lambdas", "0.1",
-                                      "--mode", "decoupled", "-q", "-o", str(out)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 0
+    result = cli("sweep", *tiny_flags("train.epochs=2"), "--lambdas", "0.1", "--mode", "decoupled", "-q",
+                 "-o", str(out))
+    assert result.code == 0
     chosen = json.loads((out / "summary.json").read_text())["chosen"]
-    assert f"report {out / 'report.html'}" in capsys.readouterr().out
+    assert f"report {out / 'report.html'}" in result.out
     html = (out / "report.html").read_text()
     assert "U-curve" in html and f"{chosen['lambda']:g}" in html

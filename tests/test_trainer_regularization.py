@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
-import sys
 from pathlib import Path
 
 import pytest
 
-from decaylab.cli import main
 from decaylab.training import Trainer
 from tests.conftest import tiny_config
 
@@ -38,25 +35,17 @@ def test_regularization_section_is_recorded_in_the_run(tmp_path: Path) -> None:
     assert "mode: decoupled" in text and "- embed" in text
 
 
-def test_audit_command_prints_table_and_warnings(monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(sys, "argv", ["decaylab", "audit", "--set", "model.preset=tiny", "--set",
-                                      "train.optimizer=adam", "--mode", "coupled", "--lambda", "1e-4",
-                                      "--decay-set", "all"])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
+def test_audit_command_prints_table_and_warnings(cli) -> None:
+    result = cli("audit", "--set", "model.preset=tiny", "--set", "train.optimizer=adam", "--mode", "coupled",
+                 "--lambda", "1e-4", "--decay-set", "all")
+    assert result.code == 0
+    out = result.out
     assert "encoder.weight_ih_l0" in out and "output.bias" in out
     assert "AdamW" in out  # the adam + coupled warning names the fix
     assert "bias" in out.lower()
 
 
-def test_audit_command_rejects_a_bad_mode(monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(sys, "argv", ["decaylab", "audit", "--mode", "ridge"])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2
-    assert "'regularization.mode'" in capsys.readouterr().err
+def test_audit_command_rejects_a_bad_mode(cli) -> None:
+    result = cli("audit", "--mode", "ridge")
+    assert result.code == 2
+    assert "'regularization.mode'" in result.err
