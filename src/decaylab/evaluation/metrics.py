@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
@@ -24,18 +25,25 @@ def autocast(device: torch.device, precision: str):
 def corpus_loss(model: nn.Module, data: EncodedPairs, device: torch.device, batch_tokens: int = 8192,
                 precision: str = "fp32") -> float:
     """Mean cross-entropy in nats per target token (EOS included) over a split, in eval mode."""
+    return float(corpus_losses(model, data, device, batch_tokens, precision))
+
+
+def corpus_losses(model: Callable[..., torch.Tensor], data: EncodedPairs, device: torch.device,
+                  batch_tokens: int = 8192, precision: str = "fp32") -> torch.Tensor:
+    """`corpus_loss` of a model whose forward returns a loss sum per replica: a float64 tensor [K] (or [])."""
     was_training = model.training
     model.eval()
-    total, tokens = 0.0, 0
+    total, tokens = torch.zeros((), dtype=torch.float64, device=device), 0
     try:
-        for batch in data.batches(batch_tokens, 1024, seed=0, shuffle=False):
-            batch = batch.to(device)
-            with autocast(device, precision):
-                total += float(model(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out))
-            tokens += batch.n_tokens
+        with torch.no_grad():
+            for batch in data.batches(batch_tokens, 1024, seed=0, shuffle=False):
+                batch = batch.to(device)
+                with autocast(device, precision):
+                    total = total + model(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out).double()
+                tokens += batch.n_tokens
     finally:
         model.train(was_training)
-    return total / max(1, tokens)
+    return total.cpu() / max(1, tokens)
 
 
 def perplexity(loss: float) -> float:

@@ -29,13 +29,14 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def save_checkpoint(folder: Path, model: nn.Module, state: dict[str, Any] | None) -> None:
-    """Write a checkpoint into `folder` so that a kill at any moment leaves the old or the new one whole."""
+def save_checkpoint(folder: Path, model: nn.Module | dict[str, torch.Tensor], state: dict[str, Any] | None) -> None:
+    """Write a checkpoint (a model, or its `model_tensors`) into `folder`; a kill leaves the old or the new whole."""
     folder = Path(folder)
+    tensors = model_tensors(model) if isinstance(model, nn.Module) else model
     staging = folder.with_name(folder.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    atomic_write(staging / MODEL_FILE, lambda tmp: save_file(model_tensors(model), str(tmp)))
+    atomic_write(staging / MODEL_FILE, lambda tmp: save_file(tensors, str(tmp)))
     if state is not None:
         atomic_write(staging / STATE_FILE, lambda tmp: torch.save(state, tmp))
     old = folder.with_name(folder.name + ".old")

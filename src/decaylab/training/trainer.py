@@ -64,6 +64,14 @@ def encode_pairs(tokenizer: Tokenizer, pairs: list) -> EncodedPairs:
     return EncodedPairs(encode(tokenizer, [p.source for p in pairs]), encode(tokenizer, [p.target for p in pairs]))
 
 
+def optimizer_kwargs(config: Config) -> dict[str, Any]:
+    """The torch optimizer keywords of `train.optimizer` beyond lr (momentum for SGD, betas/eps for Adam)."""
+    cfg = config.train
+    if cfg.optimizer == "sgd":
+        return {"momentum": cfg.momentum, "nesterov": cfg.nesterov}
+    return {"betas": cfg.betas, "eps": cfg.eps}
+
+
 def eval_subset(n: int, limit: int | None, seed: int) -> list[int]:
     """A fixed sample of indices (the train subset used for the eval-mode training loss)."""
     if limit is None or n <= limit:
@@ -131,19 +139,13 @@ class Trainer:
         self.forward = compile_model(self.model, self.device) if cfg.compile else self.model
         try:
             self.reg = Regularization(**config.regularization.model_dump())
-            self.optimizer = self.reg.optimizer(self.model, cfg.optimizer, lr=cfg.lr, **self._optimizer_kwargs())
+            self.optimizer = self.reg.optimizer(self.model, cfg.optimizer, lr=cfg.lr, **optimizer_kwargs(config))
         except ValueError as exc:
             raise UserError(f"regularization: {exc}") from None
         self.total_steps = cfg.max_steps or sum(len(self._epoch_groups(e)) for e in range(cfg.epochs))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_multiplier(cfg.schedule, cfg.warmup_steps, self.total_steps))
         self.n_params = count_parameters(self.model)
-
-    def _optimizer_kwargs(self) -> dict[str, Any]:
-        cfg = self.config.train
-        if cfg.optimizer == "sgd":
-            return {"momentum": cfg.momentum, "nesterov": cfg.nesterov}
-        return {"betas": cfg.betas, "eps": cfg.eps}
 
     def _epoch_groups(self, epoch: int) -> list[list[int]]:
         """Example indices per batch for `epoch` (the order depends only on seed and epoch)."""
@@ -196,14 +198,8 @@ class Trainer:
 
     def bleu_sample(self) -> dict[str, float]:
         """Greedy BLEU/chrF on the first `train.bleu_examples` validation pairs."""
-        from decaylab.evaluation.metrics import text_metrics
-        from decaylab.generation import translate
-
-        pairs = self.splits.valid[: self.config.train.bleu_examples]
-        hyps = translate(self.model, self.tokenizer, [p.source for p in pairs], method="greedy",
-                         device=self.device)
-        scores = text_metrics(hyps, [p.target for p in pairs])
-        return {"bleu": scores.bleu, "chrf": scores.chrf}
+        return bleu_sample(self.model, self.tokenizer, self.splits.valid[: self.config.train.bleu_examples],
+                           self.device)
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -344,6 +340,16 @@ class Trainer:
             self.progress_bar.say(message)
         elif not self.quiet:
             print(message, file=sys.stderr, flush=True)
+
+
+def bleu_sample(model: torch.nn.Module, tokenizer: Tokenizer, pairs: list, device: torch.device) -> dict[str, float]:
+    """Greedy-decoding BLEU/chrF of `model` on `pairs` (the per-evaluation sample of `train.bleu_examples`)."""
+    from decaylab.evaluation.metrics import text_metrics
+    from decaylab.generation import translate
+
+    hyps = translate(model, tokenizer, [p.source for p in pairs], method="greedy", device=device)
+    scores = text_metrics(hyps, [p.target for p in pairs])
+    return {"bleu": scores.bleu, "chrf": scores.chrf}
 
 
 def compile_model(model: torch.nn.Module, device: torch.device) -> Callable[..., torch.Tensor]:

@@ -1,0 +1,198 @@
+"""K replicas of `Seq2Seq` as one model: every parameter stacked on a leading replica dimension.
+
+The vectorized sweep trains K regularization settings at once on the same batches. Each replica computes
+exactly `Seq2Seq`'s function (same parameter names, gate order, packing semantics, attention and tied output),
+with batched matmuls over the replica dimension: one GEMM per layer and time step for all K instead of K.
+`nn.GRU`/`nn.LSTM` take no per-sample weights and do not vmap, so the recurrences are written out here;
+packing is reproduced by masking (a padded step keeps the state and outputs zero, as `pack_padded_sequence`
+does). Dropout draws each replica's masks from that replica's own generator with its own probability, so a
+replica's numbers do not depend on which other replicas share the stack.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from decaylab.config import ModelConfig
+from decaylab.data.tokenizer import PAD_ID
+from decaylab.models.fused_loss import stacked_linear_cross_entropy
+
+State = list[torch.Tensor]  # per layer [K, B, H]; an LSTM keeps a second list for its cell
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-replica x[k] @ weight[k]ᵀ + bias[k] for x [K, ..., in], weight [K, out, in], bias [K, out]."""
+    flat = x.reshape(x.size(0), -1, x.size(-1))
+    out = torch.bmm(flat, weight.transpose(1, 2)) if bias is None else \
+        torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2))
+    return out.reshape(*x.shape[:-1], weight.size(1))
+
+
+class StackedSeq2Seq:
+    """K `Seq2Seq` replicas; `params` maps each `Seq2Seq.named_parameters()` name to a [K, ...] leaf tensor."""
+
+    def __init__(self, cfg: ModelConfig, params: dict[str, torch.Tensor], dropouts: list[float],
+                 generators: list[torch.Generator] | None = None):
+        self.cfg = cfg
+        self.params = params
+        self.dropouts = list(dropouts)
+        self.generators = generators
+        self.training = True
+        if len(self.dropouts) != self.replicas:
+            raise ValueError(f"{len(self.dropouts)} dropout rates for {self.replicas} replicas")
+        if any(p > 0 for p in self.dropouts) and (generators is None or len(generators) != self.replicas):
+            raise ValueError("dropout > 0 needs one generator per replica")
+
+    @property
+    def replicas(self) -> int:
+        """K, the number of stacked replicas."""
+        return next(iter(self.params.values())).size(0)
+
+    def train(self, mode: bool = True) -> StackedSeq2Seq:
+        """Training mode (dropout on) or eval mode, like nn.Module.train."""
+        self.training = mode
+        return self
+
+    def eval(self) -> StackedSeq2Seq:
+        """Eval mode: dropout off."""
+        return self.train(False)
+
+    def p(self, name: str) -> torch.Tensor:
+        """The stacked parameter `name` (a tied output weight is the target embedding)."""
+        if name == "output.weight" and name not in self.params:
+            return self.params["tgt_embed.weight"]
+        return self.params[name]
+
+    def has(self, name: str) -> bool:
+        """Whether the replicas have parameter `name` (e.g. biases only exist for some layers)."""
+        return name in self.params
+
+    # -- building blocks ---------------------------------------------------------------------------
+    def dropout(self, x: torch.Tensor, rates: list[float] | None = None) -> torch.Tensor:
+        """Inverted dropout with replica k's rate and generator on x[k] (identity in eval mode)."""
+        rates = self.dropouts if rates is None else rates
+        if not self.training or not any(r > 0 for r in rates):
+            return x
+        masks = []
+        for rate, generator in zip(rates, self.generators, strict=True):
+            if rate > 0:
+                keep = torch.rand(x.shape[1:], generator=generator, device=x.device, dtype=torch.float32) >= rate
+                masks.append(keep.to(x.dtype) / (1.0 - rate))
+            else:
+                masks.append(torch.ones(x.shape[1:], device=x.device, dtype=x.dtype))
+        return x * torch.stack(masks)
+
+    def embed(self, name: str, tokens: torch.Tensor) -> torch.Tensor:
+        """Rows of the stacked embedding `name` [K, V, E] for tokens [B, T]: [K, B, T, E]."""
+        weight = self.p(name)
+        return weight.index_select(1, tokens.reshape(-1)).view(weight.size(0), *tokens.shape, weight.size(2))
+
+    def _rnn_layer(self, x: torch.Tensor, prefix: str, suffix: str, state: tuple[torch.Tensor, ...],
+                   valid: torch.Tensor | None, reverse: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """One direction of one layer over x [K, B, T, in]; `valid` [B, T] masks padded steps (packing)."""
+        cell = self.cfg.cell
+        w_hh, b_hh = self.p(f"{prefix}.weight_hh{suffix}"), self.p(f"{prefix}.bias_hh{suffix}")
+        inputs = linear(x, self.p(f"{prefix}.weight_ih{suffix}"), self.p(f"{prefix}.bias_ih{suffix}"))
+        w_hh_t, b_hh = w_hh.transpose(1, 2), b_hh.unsqueeze(1)
+        steps = range(x.size(2) - 1, -1, -1) if reverse else range(x.size(2))
+        outputs: list[torch.Tensor] = [None] * x.size(2)  # type: ignore[list-item]
+        for t in steps:
+            h = state[0]
+            gates_h = torch.baddbmm(b_hh, h, w_hh_t)
+            gates_x = inputs[:, :, t]
+            if cell == "gru":
+                x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
+                h_r, h_z, h_n = gates_h.chunk(3, dim=-1)
+                reset, update = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+                candidate = torch.tanh(x_n + reset * h_n)
+                new = (candidate + update * (h - candidate),)
+            else:
+                i, f, g, o = (gates_x + gates_h).chunk(4, dim=-1)
+                c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
+                new = (torch.sigmoid(o) * torch.tanh(c), c)
+            if valid is not None:
+                keep = valid[:, t].view(1, -1, 1)
+                state = tuple(torch.where(keep, n, s) for n, s in zip(new, state, strict=True))
+                outputs[t] = new[0] * keep
+            else:
+                state = new
+                outputs[t] = new[0]
+        return torch.stack(outputs, dim=2), state
+
+    def _rnn(self, x: torch.Tensor, prefix: str, states: list[tuple[torch.Tensor, ...]], directions: int,
+             valid: torch.Tensor | None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
+        """A (bi)GRU/LSTM stack; `states` holds one (h[, c]) per layer and direction, in torch's order."""
+        finals = []
+        between = [r if self.cfg.layers > 1 else 0.0 for r in self.dropouts]
+        for layer in range(self.cfg.layers):
+            if layer > 0:
+                x = self.dropout(x, between)
+            outs = []
+            for direction in range(directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                out, final = self._rnn_layer(x, prefix, suffix, states[layer * directions + direction], valid,
+                                             reverse=bool(direction))
+                outs.append(out)
+                finals.append(final)
+            x = outs[0] if directions == 1 else torch.cat(outs, dim=-1)
+        return x, finals
+
+    def _zeros(self, batch: int, hidden: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        zero = torch.zeros(self.replicas, batch, hidden, dtype=like.dtype, device=like.device)
+        return (zero, zero) if self.cfg.cell == "lstm" else (zero,)
+
+    # -- the model ---------------------------------------------------------------------------------
+    def encode(self, src: torch.Tensor, src_len: torch.Tensor):
+        """Encoder outputs [K, B, S, H], their mask [B, S], keys, and the decoder's initial states."""
+        cfg = self.cfg
+        directions = 2 if cfg.bidirectional else 1
+        enc_hidden = cfg.hidden // directions
+        embedded = self.dropout(self.embed("src_embed.weight", src))
+        valid = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_len.to(src.device).unsqueeze(1)
+        start = [self._zeros(src.size(0), enc_hidden, embedded)] * (cfg.layers * directions)
+        outputs, finals = self._rnn(embedded, "encoder", start, directions, valid)
+        # decoder initial state per layer: the directions' final states joined (Seq2Seq._bridge)
+        state = [tuple(torch.cat([finals[layer * directions + d][i] for d in range(directions)], dim=-1)
+                       for i in range(len(finals[0]))) for layer in range(cfg.layers)]
+        if cfg.attention == "dot" or cfg.attention == "none":
+            keys = outputs
+        else:
+            keys = linear(outputs, self.p("attention.key_proj.weight"))
+        return outputs, valid, keys, state
+
+    def attend(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               mask: torch.Tensor) -> torch.Tensor:
+        """Context vectors [K, B, T, H] (Attention.forward for each replica)."""
+        k, b, t = query.shape[:3]
+        if self.cfg.attention == "additive":
+            projected = linear(query, self.p("attention.query_proj.weight"), self.p("attention.query_proj.bias"))
+            energy = torch.tanh(projected.unsqueeze(3) + keys.unsqueeze(2))  # [K, B, T, S, H]
+            scores = linear(energy, self.p("attention.score.weight")).squeeze(-1)
+        else:
+            scores = torch.bmm(query.reshape(k * b, t, -1), keys.reshape(k * b, keys.size(2), -1).transpose(1, 2))
+            scores = scores.view(k, b, t, -1)
+        scores = scores.masked_fill(~mask.view(1, b, 1, -1), float("-inf"))
+        weights = torch.softmax(scores, dim=-1).reshape(k * b, t, -1)
+        return torch.bmm(weights, values.reshape(k * b, values.size(2), -1)).view(k, b, t, -1)
+
+    def decode(self, tgt_in: torch.Tensor, memory) -> torch.Tensor:
+        """Attentional decoder states [K, B, T, D] for the shifted target."""
+        outputs, mask, keys, state = memory
+        embedded = self.dropout(self.embed("tgt_embed.weight", tgt_in))
+        hidden, _ = self._rnn(embedded, "decoder", state, 1, None)
+        if self.cfg.attention != "none":
+            context = self.attend(hidden, keys, outputs, mask)
+            hidden = torch.tanh(linear(torch.cat([context, hidden], dim=-1), self.p("combine.weight")))
+        hidden = self.dropout(hidden)
+        if self.has("bottleneck.weight"):
+            hidden = linear(hidden, self.p("bottleneck.weight"))
+        return hidden
+
+    def __call__(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
+                 label_smoothing: float = 0.0) -> torch.Tensor:
+        """Per-replica summed cross-entropy [K] over the non-pad target tokens (Seq2Seq.forward for each)."""
+        hidden = self.decode(tgt_in, self.encode(src, src_len))
+        keep = tgt_out != PAD_ID
+        bias = self.p("output.bias") if self.has("output.bias") else None
+        return stacked_linear_cross_entropy(hidden[:, keep], self.p("output.weight"), bias, tgt_out[keep],
+                                            label_smoothing)
