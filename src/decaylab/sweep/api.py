@@ -89,12 +89,19 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
           study: str | None = None, join: bool = False,
           workers: int = 1, eta: int | None = None, min_epochs: int | None = None, pruner: str | None = None,
           no_zero: bool | None = None, output: str | Path | None = None, resume: str | Path | None = None,
-          final: bool = True, quiet: bool = True, runner: TrialRunner = run_trials) -> SweepResult:
-    """Choose λ on evidence (grid, cv, optuna or halving); see docs/sweeps.md. Bad input raises UserError."""
+          final: bool = True, quiet: bool = True, vectorized: bool = False, replicas: int | None = None,
+          runner: TrialRunner = run_trials) -> SweepResult:
+    """Choose λ on evidence (grid, cv, optuna or halving); see docs/sweeps.md. Bad input raises UserError.
+
+    `vectorized=True` trains the points of each grid, CV fold or halving rung at once as one stacked model (at
+    most `replicas` per stack); each replica follows its sequential run to float rounding.
+    """
     started = time.perf_counter()
     say = _say_to_stderr(quiet)
     if workers < 1:
         raise UserError(f"--workers: must be at least 1 (got {workers})")
+    if replicas is not None and (replicas < 1 or not vectorized):
+        raise UserError(f"--replicas: needs --vectorized and a value of at least 1 (got {replicas})")
     given = {"strategy": strategy, "lambdas": lambdas, "modes": modes, "dropouts": dropouts, "folds": folds,
              "rule": rule, "metric": metric, "trials": trials, "storage": storage, "study": study, "eta": eta,
              "min_epochs": min_epochs, "pruner": pruner, "no_zero": no_zero}
@@ -120,8 +127,23 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
         if spec.strategy == "optuna" and spec.study is None:
             spec.study = store.root.resolve().name
     base = _with_bleu(base, spec.metric, say)
+    if vectorized:
+        runner = _vectorized(spec, workers, replicas, quiet)
     plan = _validate(spec, base, store, stored, join)
     return _run(spec, base, store, plan, workers, join, resume is not None, final, quiet, runner, started)
+
+
+def _vectorized(spec: SweepSpec, workers: int, replicas: int | None, quiet: bool) -> TrialRunner:
+    """The stacked-replica runner, after checking that it applies to this sweep."""
+    from decaylab.sweep.vectorized import STRATEGIES, vectorized_runner
+
+    if spec.strategy not in STRATEGIES:
+        raise UserError(f"--vectorized: works with --strategy {', '.join(STRATEGIES)}, whose points are known "
+                        f"before training; {spec.strategy} chooses each trial from the previous ones")
+    if workers != 1:
+        raise UserError(f"--vectorized: trains every replica in this process; use --workers 1 (got {workers}) "
+                        "and --replicas to bound a stack's memory")
+    return vectorized_runner(replicas, quiet)
 
 
 def _default_output(config: Config | str | Path | None, spec: SweepSpec) -> Path:
@@ -222,7 +244,8 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
     compute_s = _compute_seconds(rows) + ((final_info or {}).get("train_wall_s") or 0.0)
     summary = {"strategy": spec.strategy, "chosen": chosen, "table": table, "final": final_info,
                "compute_s": compute_s, "wall_s": time.perf_counter() - started, "trials": len(rows),
-               "spec": spec.to_dict(), **extra}
+               "spec": spec.to_dict(), "engine": "vectorized" if runner is not run_trials else "sequential",
+               **extra}
     if not join:
         store.write_summary(summary)
     return SweepResult(store.root, table, {**chosen_row, **chosen}, final_info, rows, summary)
@@ -240,8 +263,10 @@ def _reusable(spec: SweepSpec, rows: list[dict[str, Any]], point: Point, base: C
 
 
 def _compute_seconds(rows: list[dict[str, Any]]) -> float:
-    """Training seconds over distinct run folders (a halving survivor's rungs are one run, counted once)."""
+    """Training seconds over distinct run folders (a halving survivor's rungs are one run, counted once); the
+    replicas of one vectorized stack ran at the same time, so a stack counts once, for its longest replica."""
     per_run: dict[str, float] = {}
     for row in rows:
-        per_run[row["run"]] = max(per_run.get(row["run"], 0.0), row.get("wall_s") or 0.0)
+        key = row.get("stack") or row["run"]
+        per_run[key] = max(per_run.get(key, 0.0), row.get("wall_s") or 0.0)
     return sum(per_run.values())

@@ -34,6 +34,11 @@ def sweep(
                                        "(no final step).")] = False,
     pruner: Annotated[str | None, typer.Option(help="optuna: median, halving or none (default: median).")] = None,
     workers: Annotated[int, typer.Option(help="Trials run in this many processes on this machine.")] = 1,
+    vectorized: Annotated[bool, typer.Option("--vectorized", help="grid, cv, halving: train the points of each "
+                                             "grid, fold or rung at once as one stacked model (fastest on a GPU; "
+                                             "see docs/sweeps.md).")] = False,
+    replicas: Annotated[int | None, typer.Option(help="--vectorized: at most this many replicas per stack "
+                                                 "(bounds memory; default: all points).")] = None,
     eta: Annotated[int | None, typer.Option(help="halving: keep the best 1/eta per rung (default: 3).")] = None,
     min_epochs: Annotated[int | None, typer.Option(help="halving: epochs of the first rung (default: "
                                                    "epochs / eta^rungs).")] = None,
@@ -84,7 +89,8 @@ def sweep(
         result = run_sweep(base, overrides=overrides, strategy=strategy, lambdas=lambdas, modes=mode,
                            dropouts=dropout, folds=folds, rule=rule, metric=metric, trials=trials, storage=storage,
                            study=study, join=join, workers=workers, eta=eta, min_epochs=min_epochs, pruner=pruner,
-                           no_zero=no_zero or None, output=output, resume=resume, final=not no_final, quiet=quiet)
+                           no_zero=no_zero or None, output=output, resume=resume, final=not no_final, quiet=quiet,
+                           vectorized=vectorized, replicas=replicas)
     except KeyboardInterrupt:
         typer.echo(f"interrupted; continue with `decaylab sweep --resume {resume or output}`", err=True)
         raise SystemExit(130) from None

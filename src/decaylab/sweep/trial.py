@@ -69,7 +69,7 @@ def train_trial(ctx: TrialContext, job: TrialJob, monitor: Monitor | None = None
     cfg = trial_config(base, job.point, ctx.modes)
     run = store.run_dir(job.key)
     paths = RunPaths(run)
-    history = _checkpointed_history(paths)
+    history = checkpointed_history(paths)
 
     def on_evaluate(row: dict[str, Any]) -> None:
         history.append(row)
@@ -88,20 +88,20 @@ def train_trial(ctx: TrialContext, job: TrialJob, monitor: Monitor | None = None
             status = stop.status
         except TrainingDiverged:
             status = "diverged"
-        history = [row for row in read_jsonl(paths.metrics) if row["step"] <= _checkpoint_step(paths)]
+        history = [row for row in read_jsonl(paths.metrics) if row["step"] <= checkpoint_step(paths)]
     return trial_row(job, history, status, run.relative_to(store.root))
 
 
-def _checkpoint_step(paths: RunPaths) -> int:
+def checkpoint_step(paths: RunPaths) -> int:
     """The step of `checkpoints/last` (0 when there is none yet)."""
     if not (paths.last.exists() or paths.last.with_name("last.old").exists()):
         return 0
     return int(load_trainer_state(paths.last)["progress"]["step"])
 
 
-def _checkpointed_history(paths: RunPaths) -> list[dict[str, Any]]:
+def checkpointed_history(paths: RunPaths) -> list[dict[str, Any]]:
     """Metric rows the last checkpoint covers (a kill between writing metrics and the checkpoint adds none)."""
-    step = _checkpoint_step(paths)
+    step = checkpoint_step(paths)
     return [row for row in read_jsonl(paths.metrics) if row["step"] <= step] if step else []
 
 

@@ -263,6 +263,7 @@ class StackedTrainer:
         self.coupled = vector([g["weight_decay"] if g["mode"] == "coupled" else 0.0 for g in regs])
         self.decoupled = vector([g["weight_decay"] if g["mode"] == "decoupled" else 0.0 for g in regs])
         self.by_schedule = vector([1.0 if g["decay_scaling"] == "schedule" else 0.0 for g in regs])
+        self.has_penalty = bool(self.l2.any() or self.l1.any())
 
     def _drop(self, leaving: list[Replica]) -> None:
         """Take stopped replicas out of the stack (their slices of parameters, gradients and state)."""
@@ -284,6 +285,17 @@ class StackedTrainer:
         self.params = params
         self._build({n: s for n, s in states.items() if s}, sched_state, lr)
 
+    @torch.no_grad()
+    def penalties(self) -> torch.Tensor:
+        """Each active replica's loss-side penalty (λ/2)Σ m‖w‖² (mode l2) + λ₁Σ m‖w‖₁ [K], as reg.penalty."""
+        total = torch.zeros(len(self.active), device=self.device)
+        for name, p in self.params.items():
+            m = self.multiplier[name]
+            if m:
+                flat = p.float().flatten(1)
+                total += m * (0.5 * self.l2 * flat.square().sum(1) + self.l1 * flat.abs().sum(1))
+        return total
+
     # -- one step ------------------------------------------------------------------------------------
     def _shape(self, values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return values.view(-1, *([1] * (p.dim() - 1)))
@@ -295,20 +307,23 @@ class StackedTrainer:
             task = self.model(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
                               label_smoothing=cfg.label_smoothing) / batch.n_tokens
         values = task.detach().float().tolist()
-        finite = [i for i, v in enumerate(values) if math.isfinite(v)]
+        # as the Trainer: a replica whose loss with its penalty overflows has diverged too
+        totals = (task.detach().float() + self.penalties()).tolist() if self.has_penalty else values
+        finite = [i for i, (v, t) in enumerate(zip(values, totals, strict=True))
+                  if math.isfinite(v) and math.isfinite(t)]
         for p in self.params.values():
             p.grad = None
         if not finite:
-            return values
+            self._diverge(list(self.active))
+            return []
         (task if len(finite) == len(values) else task[finite]).sum().backward()
-        diverged = [r for r, v in zip(self.active, values, strict=True) if not math.isfinite(v)]
-        if diverged:
-            self._diverge(diverged, values)
-            values = [v for v in values if math.isfinite(v)]
+        if len(finite) < len(values):
+            self._diverge([r for i, r in enumerate(self.active) if i not in finite])
+            values = [values[i] for i in finite]
         self._regularize_and_step()
         return values
 
-    def _diverge(self, diverged: list[Replica], values: list[float]) -> None:
+    def _diverge(self, diverged: list[Replica]) -> None:
         for replica in diverged:
             replica.status = "diverged"
             step = replica.progress["step"] + 1
@@ -355,10 +370,7 @@ class StackedTrainer:
         decayed = [n for n in self.names if self.multiplier[n]]
         decay_sq = sum((sq[n] for n in decayed), zero)
         rest_sq = sum((sq[n] for n in self.names if not self.multiplier[n]), zero)
-        weighted_sq = sum((sq[n] * self.multiplier[n] for n in decayed), zero)
-        weighted_abs = sum((self.params[n].float().flatten(1).abs().sum(1) * self.multiplier[n] for n in decayed),
-                           zero)
-        penalty = (0.5 * self.l2 * weighted_sq + self.l1 * weighted_abs).tolist()
+        penalty = self.penalties().tolist()
         norms = torch.stack([decay_sq, rest_sq]).sqrt().tolist()
         total = (decay_sq + rest_sq).sqrt().tolist()
         lr = self.optimizer.param_groups[0]["lr"]
