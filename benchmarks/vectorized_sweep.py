@@ -30,7 +30,7 @@ from decaylab.training.stacked import StackedTrainer
 from decaylab.training.trainer import seed_everything
 
 # (preset, vocabulary, steps full, steps quick): from launch-bound to GEMM-bound
-SIZES = [("tiny", 2000, 30, 6), ("small", 4000, 20, 4), ("base", 8000, 10, 2)]
+SIZES = [("tiny", 2000, 20, 6), ("small", 4000, 12, 4), ("base", 8000, 6, 2)]
 
 
 def configs(preset: str, vocab: int, steps: int, k: int, device: str, batch_tokens: int, precision: str,
@@ -38,7 +38,8 @@ def configs(preset: str, vocab: int, steps: int, k: int, device: str, batch_toke
     """K configurations that differ only in the decoupled λ (the first is λ = 0)."""
     base = load_config(None, [
         "data.name=bible-en-es", f"data.max_examples={pairs}", f"model.preset={preset}",
-        f"tokenizer.vocab_size={vocab}", "model.dropout=0", "train.epochs=1000", f"train.max_steps={steps}", f"train.eval_every={steps}",
+        f"tokenizer.vocab_size={vocab}", "model.dropout=0", "train.epochs=1000", f"train.max_steps={steps}",
+        f"train.eval_every={steps}",
         f"train.batch_tokens={batch_tokens}", "train.max_eval_examples=200", f"train.device={device}",
         f"train.precision={precision}", f"train.threads={threads}", "train.optimizer=adamw", "train.lr=2e-3"])
     lambdas = [0.0] + [float(x) for x in torch.logspace(-5, -1, k - 1).tolist()]
@@ -94,10 +95,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8, help="replicas (λ values) per stack")
     ap.add_argument("--batch-tokens", type=int, default=None, help="default: 2048 on a CPU, 8192 on a GPU")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    ap.add_argument("--pairs", type=int, default=None, help="bible-en-es pairs (default 3000, quick 600)")
+    ap.add_argument("--pairs", type=int, default=None, help="bible-en-es pairs (default 2000, quick 600)")
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every size's steps (a GPU needs more "
                     "steps for a stable timing)")
     ap.add_argument("--sizes", default=None, help="comma list of presets to run (default: tiny,small,base)")
+    ap.add_argument("--no-tf32", action="store_true", help="CUDA: turn off cuDNN's TF32 (on by default in torch), "
+                    "so the sequential runs' nn.LSTM is full fp32 like the stacked GEMMs")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every logical CPU)")
     ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/vectorized_sweep.json)")
     args = ap.parse_args()
@@ -105,8 +108,11 @@ def main() -> None:
     args.threads = common.setup_threads(args.threads)
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     args.batch_tokens = args.batch_tokens or (8192 if device.type == "cuda" else 2048)
-    args.pairs = args.pairs or (600 if args.quick else 3000)
+    args.pairs = args.pairs or (600 if args.quick else 2000)
     wanted = set(args.sizes.split(",")) if args.sizes else None
     rows = []
     for preset, vocab, steps, quick_steps in SIZES:
@@ -127,6 +133,7 @@ def main() -> None:
         "ours": {r["preset"]: r["ours_s"] for r in rows} | {"what": f"one StackedTrainer of {args.k} replicas, s"},
         "sizes": rows,
         "machine": common.machine_info(device, args.threads, load_before),
+        "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
         "command": common.command_line(),
     }
     print(f"wrote {common.write_result('vectorized_sweep', result, args.out)}")
