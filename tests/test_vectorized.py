@@ -140,8 +140,9 @@ def test_dropout_draws_do_not_depend_on_the_other_replicas(tmp_path: Path, data)
     pair = StackedTrainer([a, b], [tmp_path / "a", tmp_path / "b"], splits=splits, tokenizer=tokenizer).fit()
     alone = StackedTrainer([a], [tmp_path / "a2"], splits=splits, tokenizer=tokenizer,
                            names=["a"]).fit()
-    assert stable(pair[0].history) == stable(alone[0].history)
-    assert pair[0].history[-1]["val_loss"] != pair[1].history[-1]["val_loss"]
+    # the same masks: equal up to the rounding of GEMMs batched over 2 vs 1 replicas (other masks: ~4e-4 apart)
+    assert_same_trajectory(pair[0].history, alone[0].history, tol=1e-5)
+    assert abs(pair[0].history[-1]["val_loss"] - pair[1].history[-1]["val_loss"]) > 1e-3
 
 
 def test_vectorized_sweep_matches_the_sequential_sweep(tmp_path: Path) -> None:

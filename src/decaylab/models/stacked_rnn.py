@@ -3,10 +3,11 @@
 The vectorized sweep trains K regularization settings at once on the same batches. Each replica computes
 exactly `Seq2Seq`'s function (same parameter names, gate order, packing semantics, attention and tied output),
 with batched matmuls over the replica dimension: one GEMM per layer and time step for all K instead of K.
-`nn.GRU`/`nn.LSTM` take no per-sample weights and do not vmap, so the recurrences are written out here;
-packing is reproduced by masking (a padded step keeps the state and outputs zero, as `pack_padded_sequence`
-does). Dropout draws each replica's masks from that replica's own generator with its own probability, so a
-replica's numbers do not depend on which other replicas share the stack.
+`nn.GRU`/`nn.LSTM` take no per-sample weights and do not vmap, so the recurrences are written out
+(`stacked_recurrence.py`, with a hand-written backward); packing is reproduced by masking (a padded step keeps
+the state and outputs zero, as `pack_padded_sequence` does). Dropout draws each replica's masks from that
+replica's own generator with its own probability, so a replica's numbers do not depend on which other replicas
+share the stack.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from decaylab.config import ModelConfig
 from decaylab.data.tokenizer import PAD_ID
 from decaylab.models.fused_loss import stacked_linear_cross_entropy
+from decaylab.models.stacked_recurrence import GRURecurrence, LSTMRecurrence
 
 State = list[torch.Tensor]  # per layer [K, B, H]; an LSTM keeps a second list for its cell
 
@@ -87,54 +89,36 @@ class StackedSeq2Seq:
         weight = self.p(name)
         return weight.index_select(1, tokens.reshape(-1)).view(weight.size(0), *tokens.shape, weight.size(2))
 
-    def _rnn_layer(self, x: torch.Tensor, prefix: str, suffix: str, state: tuple[torch.Tensor, ...],
-                   valid: torch.Tensor | None, reverse: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """One direction of one layer over x [K, B, T, in]; `valid` [B, T] masks padded steps (packing)."""
-        cell = self.cfg.cell
-        w_hh, b_hh = self.p(f"{prefix}.weight_hh{suffix}"), self.p(f"{prefix}.bias_hh{suffix}")
-        inputs = linear(x, self.p(f"{prefix}.weight_ih{suffix}"), self.p(f"{prefix}.bias_ih{suffix}"))
-        w_hh_t, b_hh = w_hh.transpose(1, 2), b_hh.unsqueeze(1)
-        steps = range(x.size(2) - 1, -1, -1) if reverse else range(x.size(2))
-        outputs: list[torch.Tensor] = [None] * x.size(2)  # type: ignore[list-item]
-        for t in steps:
-            h = state[0]
-            gates_h = torch.baddbmm(b_hh, h, w_hh_t)
-            gates_x = inputs[:, :, t]
-            if cell == "gru":
-                x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
-                h_r, h_z, h_n = gates_h.chunk(3, dim=-1)
-                reset, update = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
-                candidate = torch.tanh(x_n + reset * h_n)
-                new = (candidate + update * (h - candidate),)
-            else:
-                i, f, g, o = (gates_x + gates_h).chunk(4, dim=-1)
-                c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
-                new = (torch.sigmoid(o) * torch.tanh(c), c)
-            if valid is not None:
-                keep = valid[:, t].view(1, -1, 1)
-                state = tuple(torch.where(keep, n, s) for n, s in zip(new, state, strict=True))
-                outputs[t] = new[0] * keep
-            else:
-                state = new
-                outputs[t] = new[0]
-        return torch.stack(outputs, dim=2), state
-
     def _rnn(self, x: torch.Tensor, prefix: str, states: list[tuple[torch.Tensor, ...]], directions: int,
              valid: torch.Tensor | None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
-        """A (bi)GRU/LSTM stack; `states` holds one (h[, c]) per layer and direction, in torch's order."""
-        finals = []
+        """A (bi)GRU/LSTM stack over x [K, B, T, in]; `states` holds (h[, c]) per layer and direction in torch's
+        order; `valid` [B, T] masks padded steps (packing). The two directions of a layer run as one recurrence
+        over 2K rows, the backward one on time-reversed inputs (a padded step keeps the state, so reversing the
+        padded batch starts each sequence's backward pass at its last real token, as packing does)."""
+        k = self.replicas
+        finals: list[tuple[torch.Tensor, ...]] = []
         between = [r if self.cfg.layers > 1 else 0.0 for r in self.dropouts]
+        mask = None
+        if valid is not None:
+            rows = valid.unsqueeze(0).expand(k, -1, -1)
+            mask = rows if directions == 1 else torch.cat([rows, rows.flip(2)])  # [R, B, T]
         for layer in range(self.cfg.layers):
             if layer > 0:
                 x = self.dropout(x, between)
-            outs = []
-            for direction in range(directions):
-                suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                out, final = self._rnn_layer(x, prefix, suffix, states[layer * directions + direction], valid,
-                                             reverse=bool(direction))
-                outs.append(out)
-                finals.append(final)
-            x = outs[0] if directions == 1 else torch.cat(outs, dim=-1)
+            names = [f"_l{layer}" + ("_reverse" if d else "") for d in range(directions)]
+            gates = [linear(x, self.p(f"{prefix}.weight_ih{n}"), self.p(f"{prefix}.bias_ih{n}")) for n in names]
+            if directions == 2:
+                gates[1] = gates[1].flip(2)
+            w_hh, b_hh = ([self.p(f"{prefix}.{kind}{n}") for n in names] for kind in ("weight_hh", "bias_hh"))
+            start = [states[layer * directions][i] if directions == 1 else
+                     torch.cat([states[layer * directions + d][i] for d in range(directions)])
+                     for i in range(len(states[0]))]
+            recurrence = GRURecurrence if self.cfg.cell == "gru" else LSTMRecurrence
+            joined = (torch.cat(t) if directions == 2 else t[0] for t in (gates, w_hh, b_hh))
+            outputs, *final = recurrence.apply(*joined, *start, mask)
+            for d in range(directions):
+                finals.append(tuple(f[d * k:(d + 1) * k] for f in final))
+            x = outputs if directions == 1 else torch.cat([outputs[:k], outputs[k:].flip(2)], dim=-1)
         return x, finals
 
     def _zeros(self, batch: int, hidden: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
