@@ -34,13 +34,13 @@ SIZES = [("tiny", 2000, 20, 6), ("small", 4000, 12, 4), ("base", 8000, 6, 2)]
 
 
 def configs(preset: str, vocab: int, steps: int, k: int, device: str, batch_tokens: int, precision: str,
-            threads: int, pairs: int) -> list:
+            threads: int, pairs: int, eval_pairs: int = 200) -> list:
     """K configurations that differ only in the decoupled λ (the first is λ = 0)."""
     base = load_config(None, [
         "data.name=bible-en-es", f"data.max_examples={pairs}", f"model.preset={preset}",
         f"tokenizer.vocab_size={vocab}", "model.dropout=0", "train.epochs=1000", f"train.max_steps={steps}",
         f"train.eval_every={steps}",
-        f"train.batch_tokens={batch_tokens}", "train.max_eval_examples=200", f"train.device={device}",
+        f"train.batch_tokens={batch_tokens}", f"train.max_eval_examples={eval_pairs}", f"train.device={device}",
         f"train.precision={precision}", f"train.threads={threads}", "train.optimizer=adamw", "train.lr=2e-3"])
     lambdas = [0.0] + [float(x) for x in torch.logspace(-5, -1, k - 1).tolist()]
     out = []
@@ -54,7 +54,7 @@ def configs(preset: str, vocab: int, steps: int, k: int, device: str, batch_toke
 def measure(preset: str, vocab: int, steps: int, args, device: torch.device) -> dict:
     """Seconds for K sequential runs and for one stacked run of the same K configurations."""
     cfgs = configs(preset, vocab, steps, args.k, device.type, args.batch_tokens, args.precision, args.threads,
-                   args.pairs)
+                   args.pairs, 50 if args.quick else 200)
     splits = load_splits(cfgs[0].data)
     tokenizer = train_tokenizer([p.source for p in splits.train] + [p.target for p in splits.train],
                                 cfgs[0].tokenizer)

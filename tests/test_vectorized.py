@@ -161,6 +161,26 @@ def test_vectorized_sweep_matches_the_sequential_sweep(tmp_path: Path) -> None:
         assert (run / "config.yaml").is_file() and (run / "checkpoints" / "best").is_dir()
 
 
+@pytest.mark.parametrize("strategy,options", [("cv", {"folds": 2}), ("halving", {"eta": 2})])
+def test_vectorized_cv_and_halving_match_the_sequential_engine(strategy: str, options: dict, tmp_path: Path) -> None:
+    cfg = tiny_config("model.dropout=0", "train.epochs=4", "train.lr=0.01")
+    common = {"strategy": strategy, "lambdas": "1e-3,0.03,1,3", "modes": "decoupled", "final": False, **options}
+    sequential = sweep(cfg, output=tmp_path / "seq", **common)
+    vectorized = sweep(cfg, output=tmp_path / "vec", vectorized=True, **common)
+
+    def key(row: dict) -> tuple:
+        return row["trial"], row["fold"], row["rung"]
+
+    assert sorted(map(key, vectorized.trials)) == sorted(map(key, sequential.trials))
+    by_key = {key(r): r for r in sequential.trials}
+    for row in vectorized.trials:
+        assert row["best_val_loss"] == pytest.approx(by_key[key(row)]["best_val_loss"], rel=1e-4)
+        assert row["epochs"] == by_key[key(row)]["epochs"]
+    assert vectorized.best["lambda"] == sequential.best["lambda"]
+    # one stack per fold (cv) or per rung (halving), not one per trial
+    assert len({r["stack"] for r in vectorized.trials}) == (2 if strategy == "cv" else 3)
+
+
 def test_a_killed_vectorized_sweep_resumes_exactly(tmp_path: Path) -> None:
     out = tmp_path / "v"
     args = ["sweep", *tiny_flags("train.eval_every=2", "model.dropout=0.1"), "--lambdas", "1e-2,1",
