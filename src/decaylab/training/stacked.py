@@ -279,7 +279,7 @@ class StackedTrainer:
                 q.grad = p.grad.index_select(0, index)
             params[name] = q
             old = self.optimizer.state.get(p, {})
-            states[name] = {k: (v.index_select(0, index) if v.dim() else v.clone()) for k, v in old.items()}
+            states[name] = {k: _slice(v, index) for k, v in old.items()}
         lr = self.optimizer.param_groups[0]["lr"]
         sched_state = self.scheduler.state_dict()
         self.params = params
@@ -410,7 +410,8 @@ class StackedTrainer:
             for index, name in zip(group["params"], group["param_names"], strict=True):
                 slots = self.optimizer.state.get(self.params[name], {})
                 if slots:
-                    state[index] = {key: (v[k] if v.dim() else v).detach().clone().cpu() for key, v in slots.items()}
+                    state[index] = {key: _slice(v, torch.tensor([k], device=self.device), one=True)
+                                    for key, v in slots.items()}
         scheduler = {key: (value * len(groups) if isinstance(value, list) and len(value) == 1 else value)
                      for key, value in self.scheduler.state_dict().items()}
         result = {"optimizer": {"state": state, "param_groups": groups}, "scheduler": scheduler,
@@ -506,6 +507,19 @@ class StackedTrainer:
     def _say(self, message: str) -> None:
         if not self.quiet:
             print(message, file=sys.stderr, flush=True)
+
+
+def _slice(value: Any, index: torch.Tensor, one: bool = False) -> Any:
+    """Rows `index` of a per-replica optimizer state entry; shared scalars (Adam's step) and non-tensors as is.
+
+    With `one`, the single row as an unstacked CPU tensor (a replica's own state, in the Trainer's format).
+    """
+    if not isinstance(value, torch.Tensor):
+        return value
+    out = value.detach().clone() if value.dim() == 0 else value.detach().index_select(0, index)
+    if not one:
+        return out
+    return (out if value.dim() == 0 else out[0]).cpu()
 
 
 def _optimizer_state_by_name(optimizer_state: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
