@@ -210,6 +210,26 @@ def test_a_replica_folder_resumes_with_the_sequential_trainer(tmp_path: Path, da
     assert_same_trajectory(continued.history, straight.history)
 
 
+def test_a_stack_resumes_when_a_finished_replica_precedes_the_others(tmp_path: Path, data) -> None:
+    splits, tokenizer = data
+
+    def configs(steps: int) -> list[Config]:
+        base = tiny_config("model.dropout=0", "train.eval_every=2", f"train.max_steps={steps}")
+        return [variant(base, mode="decoupled", weight_decay=0.1), variant(base, mode="coupled", weight_decay=0.01)]
+
+    folders = [tmp_path / "a", tmp_path / "b"]
+    StackedTrainer(configs(2), folders, splits=splits, tokenizer=tokenizer).fit()
+    # the first replica ran out of patience at the step-2 evaluation (a kill came before the stack's rows)
+    state_file = folders[0] / "checkpoints" / "last" / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    state["progress"]["stopped_early"] = True
+    torch.save(state, state_file)
+    replicas = StackedTrainer(configs(6), folders, splits=splits, tokenizer=tokenizer).fit()
+    assert [len(r.history) for r in replicas] == [1, 3]
+    straight = Trainer(configs(6)[1], tmp_path / "s", splits=splits, tokenizer=tokenizer, quiet=True).fit()
+    assert_same_trajectory(replicas[1].history, straight.history)
+
+
 @pytest.mark.parametrize("args,message", [
     (["--strategy", "optuna", "--vectorized"], "--vectorized: works with --strategy grid, cv, halving"),
     (["--vectorized", "--workers", "2"], "use --workers 1"),

@@ -169,7 +169,7 @@ class StackedTrainer:
     def _start(self, resume: bool):
         """Fresh replicas start from the template; a replica with a checkpoint continues from it."""
         weights: dict[str, dict[str, torch.Tensor]] = {}
-        states: dict[str, list[dict[str, torch.Tensor]]] = {name: [] for name in self.names}
+        states: dict[str, dict[str, dict[str, torch.Tensor]]] = {}  # replica -> parameter -> optimizer slots
         sched_state, lr, step = None, None, None
         initial = {name: p.detach().clone() for name, p in self.template.named_parameters()}
         for replica in self.replicas:
@@ -196,9 +196,7 @@ class StackedTrainer:
                     raise ValueError(f"{paths.root}: at step {replica.progress['step']}, the others at {step}; "
                                      "a stack resumes replicas that stopped at the same step")
                 step = replica.progress["step"]
-                by_index = _optimizer_state_by_name(state["optimizer"])
-                for name in self.names:
-                    states[name].append(by_index.get(name, {}))
+                states[replica.name] = _optimizer_state_by_name(state["optimizer"])
                 sched_state, lr = state["scheduler"], state["optimizer"]["param_groups"][0]["lr"]
             else:
                 weights[replica.name] = initial
@@ -210,17 +208,15 @@ class StackedTrainer:
                 if step not in (None, 0):
                     raise ValueError(f"{paths.root}: a fresh replica cannot join a stack resumed at step {step}")
                 step = 0
-                for name in self.names:
-                    states[name].append({})
-        active = [i for i, r in enumerate(self.replicas) if r.status is None]
+                states[replica.name] = {}
+        active = [r.name for r in self.replicas if r.status is None]
         stacked: dict[str, dict[str, torch.Tensor]] | None = None
         if step and active:
             stacked = {}
             for name in self.names:
-                per = [states[name][i] for i in active]
-                if per and all(per):
-                    stacked[name] = {key: (torch.stack([s[key] for s in per]) if per[0][key].dim() else per[0][key])
-                                     .to(self.device) for key in per[0]}
+                per = [states[r].get(name) for r in active]
+                if all(per):
+                    stacked[name] = {key: _stack_slot([slots[key] for slots in per], self.device) for key in per[0]}
         return weights, stacked, sched_state, lr
 
     def _meta(self, replica: Replica) -> dict[str, Any]:
@@ -507,6 +503,14 @@ class StackedTrainer:
     def _say(self, message: str) -> None:
         if not self.quiet:
             print(message, file=sys.stderr, flush=True)
+
+
+def _stack_slot(values: list[Any], device: torch.device) -> Any:
+    """The replicas' entries of one optimizer slot stacked (a shared scalar such as Adam's step kept once)."""
+    first = values[0]
+    if not isinstance(first, torch.Tensor):
+        return first
+    return (torch.stack(values) if first.dim() else first).to(device)
 
 
 def _slice(value: Any, index: torch.Tensor, one: bool = False) -> Any:
