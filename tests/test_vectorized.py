@@ -177,8 +177,10 @@ def test_vectorized_cv_and_halving_match_the_sequential_engine(strategy: str, op
         assert row["best_val_loss"] == pytest.approx(by_key[key(row)]["best_val_loss"], rel=1e-4)
         assert row["epochs"] == by_key[key(row)]["epochs"]
     assert vectorized.best["lambda"] == sequential.best["lambda"]
-    # one stack per fold (cv) or per rung (halving), not one per trial
-    assert len({r["stack"] for r in vectorized.trials}) == (2 if strategy == "cv" else 3)
+    # one stack per fold (cv) or per rung (halving), not one per trial, each counted once in the compute time
+    stacks = {r["stack"]: r["stack_wall_s"] for r in vectorized.trials}
+    assert len(stacks) == (2 if strategy == "cv" else 3)
+    assert vectorized.summary["compute_s"] == pytest.approx(sum(stacks.values()))
 
 
 def test_a_killed_vectorized_sweep_resumes_exactly(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from decaylab.config import Config, apply_overrides, build_config, config_to_dict, load_config
 from decaylab.errors import UserError
 from decaylab.sweep.points import Point, check_points, grid_points
-from decaylab.sweep.selection import build_table, choose
+from decaylab.sweep.selection import build_table, choose, compute_seconds
 from decaylab.sweep.spec import SweepSpec, build_spec
 from decaylab.sweep.store import RECORD_VERSION, SweepStore, TrialBook
 from decaylab.sweep.trial import TrialContext
@@ -94,7 +94,8 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
     """Choose λ on evidence (grid, cv, optuna or halving); see docs/sweeps.md. Bad input raises UserError.
 
     `vectorized=True` trains the points of each grid, CV fold or halving rung at once as one stacked model (at
-    most `replicas` per stack); each replica follows its sequential run to float rounding.
+    most `replicas` per stack); in fp32 without dropout each replica follows its sequential run to float rounding
+    (with dropout its masks are its own draws; under bf16 its recurrence stays fp32; see docs/sweeps.md).
     """
     started = time.perf_counter()
     say = _say_to_stderr(quiet)
@@ -241,7 +242,7 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
     final_info = None
     if final and not join:
         final_info = run_final(store, ctx, shared, point, _reusable(spec, table_rows, point, base), say)
-    compute_s = _compute_seconds(rows) + ((final_info or {}).get("train_wall_s") or 0.0)
+    compute_s = compute_seconds(rows) + ((final_info or {}).get("train_wall_s") or 0.0)
     summary = {"strategy": spec.strategy, "chosen": chosen, "table": table, "final": final_info,
                "compute_s": compute_s, "wall_s": time.perf_counter() - started, "trials": len(rows),
                "spec": spec.to_dict(), "engine": "vectorized" if runner is not run_trials else "sequential",
@@ -260,13 +261,3 @@ def _reusable(spec: SweepSpec, rows: list[dict[str, Any]], point: Point, base: C
     if not matches:
         return None
     return min(matches, key=lambda r: r["best_val_loss"])["trial"]
-
-
-def _compute_seconds(rows: list[dict[str, Any]]) -> float:
-    """Training seconds over distinct run folders (a halving survivor's rungs are one run, counted once); the
-    replicas of one vectorized stack ran at the same time, so a stack counts once, for its longest replica."""
-    per_run: dict[str, float] = {}
-    for row in rows:
-        key = row.get("stack") or row["run"]
-        per_run[key] = max(per_run.get(key, 0.0), row.get("wall_s") or 0.0)
-    return sum(per_run.values())

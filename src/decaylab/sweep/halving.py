@@ -12,7 +12,7 @@ from typing import Any
 
 from decaylab.sweep.grid import Say, run_jobs
 from decaylab.sweep.points import Point
-from decaylab.sweep.selection import METRIC_FIELDS, higher_is_better
+from decaylab.sweep.selection import METRIC_FIELDS, compute_seconds, higher_is_better
 from decaylab.sweep.store import TrialBook
 from decaylab.sweep.trial import TrialContext, TrialJob
 from decaylab.sweep.workers import TrialRunner, run_trials
@@ -55,11 +55,12 @@ def run_halving(ctx: TrialContext, points: list[Point], book: TrialBook, workers
     budgets = halving_budgets(len(points), epochs, eta, min_epochs)
     alive = list(points)
     furthest: dict[str, dict[str, Any]] = {}
-    rungs = []
+    rungs, every_row = [], []
     for index, budget in enumerate(budgets):
         say(f"rung {index}: {len(alive)} trial(s) to epoch {budget}")
         jobs = [TrialJob(point.key, point, budget=float(budget), rung=index) for point in alive]
         rows = run_jobs(ctx, jobs, book, workers, say, runner)
+        every_row.extend(rows)
         for row in rows:
             furthest[row["trial"]] = row
         last = index == len(budgets) - 1
@@ -77,7 +78,7 @@ def run_halving(ctx: TrialContext, points: list[Point], book: TrialBook, workers
         table_rows.append(row)
     trained = sum(row.get("epochs") or 0 for row in furthest.values())
     full = len(points) * epochs
-    seconds = sum(row.get("wall_s") or 0 for row in furthest.values())
+    seconds = compute_seconds(every_row)
     per_epoch = seconds / trained if trained else 0.0
     info = {"eta": eta, "budgets": budgets, "rungs": rungs, "epochs_trained": trained, "epochs_full_grid": full,
             "compute_fraction": trained / full if full else None,

@@ -85,3 +85,14 @@ def history_value(history: list[dict[str, Any]], metric: str) -> float:
     """A trial's metric so far: the best val loss, or BLEU/chrF of the best-val-loss evaluation (its checkpoint)."""
     best = min(history, key=lambda row: row["val_loss"])
     return float(best["val_loss"] if metric == "loss" else best[metric])
+
+
+def compute_seconds(rows: list[dict[str, Any]]) -> float:
+    """Training seconds behind `rows`: each run folder once, for its longest row (a halving survivor's rungs are
+    one run whose wall_s accumulates); the replicas of one vectorized stack ran at the same time, so a stack counts
+    once, for its own wall time (`stack_wall_s`)."""
+    per_run: dict[str, float] = {}
+    for row in rows:
+        key, seconds = (row["stack"], row.get("stack_wall_s")) if row.get("stack") else (row["run"], row.get("wall_s"))
+        per_run[key] = max(per_run.get(key, 0.0), seconds or 0.0)
+    return sum(per_run.values())

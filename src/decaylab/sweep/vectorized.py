@@ -7,6 +7,7 @@ folders, so rows, resumes, the report and the final model are the same as with t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,14 @@ def vectorized_runner(max_replicas: int | None = None, quiet: bool = True) -> Tr
                                      budgets=[job.budget for job in stack], names=[job.key for job in stack],
                                      quiet=quiet)
             label = f"{stack[0].key}+{len(stack) - 1}@{trainer.active[0].progress['step'] if trainer.active else 0}"
+            started = time.perf_counter()
             replicas = trainer.fit()
+            stack_wall_s = time.perf_counter() - started
             for job, replica in zip(stack, replicas, strict=True):
                 run_dir = store.run_dir(job.key)
                 row = trial_row(job, checkpointed_history(RunPaths(run_dir)), replica.status or "done",
                                 run_dir.relative_to(store.root))
-                row["stack"] = label
+                row["stack"], row["stack_wall_s"] = label, stack_wall_s
                 rows[job.key] = row
                 if on_result is not None:
                     on_result(job, row)
