@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check, under 7 minutes on one H100/H200:
+# One prepared GPU check, under 8 minutes on one H100/H200:
 #   1. the K = 8 vectorized-vs-sequential sweep ratio at three model sizes (issue 6 parts 3-4, goal >= 4x);
 #   2. training target tokens/s and MFU against the card's measured bf16 matmul peak (decaylab's Trainer step vs
 #      the seed-style loop, fp32 and bf16).
@@ -25,10 +25,15 @@ print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_de
       f"bf16 supported: {torch.cuda.is_bf16_supported()}")
 PY
 
-# 1. K = 8 replicas in one stack vs 8 sequential Trainer runs, same steps, same data, same initial weights.
-timeout "${VEC_TIMEOUT:-200}" "$PY" benchmarks/vectorized_sweep.py --device cuda --pairs 4000 --steps-scale 3 \
+# 1. K = 8 replicas in one stack vs 8 sequential Trainer runs, same steps, same data, same initial weights; then
+#    K = 16 at the small preset, and the recurrence alone (hand-written backward vs autograd loop).
+timeout "${VEC_TIMEOUT:-170}" "$PY" benchmarks/vectorized_sweep.py --device cuda --pairs 4000 --steps-scale 4.5 \
     --out "$OUT/vectorized_sweep_gpu.json"
 status_vec=$?
+timeout 75 "$PY" benchmarks/vectorized_sweep.py --device cuda --pairs 4000 --steps-scale 4.5 --k 16 --sizes small \
+    --out "$OUT/vectorized_sweep_gpu_k16.json" || status_vec=$?
+timeout 40 "$PY" benchmarks/stacked_recurrence.py --device cuda --quick --out "$OUT/stacked_recurrence_gpu.json" \
+    || status_vec=$?
 
 # 2. Training throughput: a bigger model and batch than the CPU run (the small one is launch-bound), no
 #    torch.compile row (its compile time alone would eat the budget), no CPU op profile.

@@ -62,26 +62,29 @@ class GRURecurrence(torch.autograd.Function):
         w_hh, hs, rzs, ns, hns, mask = ctx.saved_tensors
         steps, k, b, hidden = hs.shape
         with torch.autocast(hs.device.type, enabled=False):
+            # Every factor that depends only on the forward pass is formed for all steps at once (a few large
+            # kernels), so a step of the loop is 4-5 small ones: the gate gradients are one of these factors
+            # times the step's incoming gradient d_new (broadcast over the gates).
+            zs = rzs[..., hidden:]
+            d_a_n = (1 - zs) * (1 - ns * ns)  # ∂h/∂(pre-activation of n), per unit of d_new
+            d_a_rz = torch.cat([d_a_n * hns, hs - ns], dim=-1) * rzs * (1 - rzs)
+            coef_h = torch.cat([d_a_rz, d_a_n * rzs[..., :hidden]], dim=-1).view(steps, k, b, 3, hidden)
+            coef_x = torch.cat([d_a_rz, d_a_n], dim=-1).view(steps, k, b, 3, hidden)
+            keep = None if mask is None else mask.permute(2, 0, 1).unsqueeze(-1).to(hs.dtype)  # [T, R, B, 1]
+            # A padded step passes the state's gradient on unchanged: its factor on d_h is 1 instead of z.
+            carry = zs if keep is None else torch.where(keep.bool(), zs, 1.0)
             d_h = torch.zeros_like(hs[0]) if d_h is None else d_h.float()
-            d_gates_x, d_gates_h = [None] * steps, [None] * steps
-            keeps = _keeps(mask)
-            if d_outputs is not None and mask is not None:
-                d_outputs = d_outputs * mask.unsqueeze(-1)
+            if d_outputs is not None:
+                d_outputs = d_outputs.float() if mask is None else d_outputs.float() * mask.unsqueeze(-1)
+            d_news, d_gates_h = [None] * steps, [None] * steps
             for t in range(steps - 1, -1, -1):
-                h, rz, n, h_n = hs[t], rzs[t], ns[t], hns[t]
-                r, z = rz[..., :hidden], rz[..., hidden:]
-                d_new = d_h if d_outputs is None else d_h + d_outputs[:, :, t].float()
-                if keeps is not None:
-                    carry = torch.where(keeps[t], 0.0, d_h)  # a padded step passes the state (and its gradient) on
-                    d_new = torch.where(keeps[t], d_new, 0.0)
-                d_a_n = d_new * (1 - z) * (1 - n * n)
-                d_a_rz = torch.cat([d_a_n * h_n, d_new * (h - n)], dim=-1) * rz * (1 - rz)
-                d_gates_h[t] = torch.cat([d_a_rz, d_a_n * r], dim=-1)
-                d_gates_x[t] = torch.cat([d_a_rz, d_a_n], dim=-1)
-                d_h = torch.baddbmm(d_new * z, d_gates_h[t], w_hh)
-                if keeps is not None:
-                    d_h = d_h + carry
-            d_gates_x, d_gates_h = torch.stack(d_gates_x, dim=2), torch.stack(d_gates_h)
+                d_sum = d_h if d_outputs is None else d_h + d_outputs[:, :, t]
+                d_new = d_sum if keep is None else d_sum * keep[t]
+                d_gates_h[t] = (coef_h[t] * d_new.unsqueeze(-2)).view(k, b, 3 * hidden)
+                d_h = torch.baddbmm(d_sum * carry[t], d_gates_h[t], w_hh)
+                d_news[t] = d_new
+            d_gates_h = torch.stack(d_gates_h)
+            d_gates_x = (coef_x * torch.stack(d_news).unsqueeze(-2)).view(steps, k, b, 3 * hidden).permute(1, 2, 0, 3)
             # Σ_t dgates_hᵀ h_{t-1}: one GEMM over every step and batch row
             d_w = torch.bmm(d_gates_h.permute(1, 3, 0, 2).reshape(k, 3 * hidden, steps * b),
                             hs.permute(1, 0, 2, 3).reshape(k, steps * b, hidden))
@@ -130,29 +133,33 @@ class LSTMRecurrence(torch.autograd.Function):
         w_hh, hs, cs, acts, tcs, mask = ctx.saved_tensors
         steps, k, b, hidden = hs.shape
         with torch.autocast(hs.device.type, enabled=False):
+            # Factors of the forward pass for all steps at once (see GRURecurrence.backward).
+            i, f, g, o = acts.chunk(4, dim=-1)
+            coef_c = torch.cat([g * i * (1 - i), cs * f * (1 - f), i * (1 - g * g)], dim=-1)  # i, f, g per d_new_c
+            coef_c = coef_c.view(steps, k, b, 3, hidden)
+            coef_o = tcs * o * (1 - o)  # o per d_new_h
+            to_c = o * (1 - tcs * tcs)  # ∂c from ∂h through h = o·tanh(c)
+            keep = None if mask is None else mask.permute(2, 0, 1).unsqueeze(-1).to(hs.dtype)  # [T, R, B, 1]
+            skip = None if keep is None else 1 - keep
             d_h = torch.zeros_like(hs[0]) if d_h is None else d_h.float()
             d_c = torch.zeros_like(hs[0]) if d_c is None else d_c.float()
+            if d_outputs is not None:
+                d_outputs = d_outputs.float() if mask is None else d_outputs.float() * mask.unsqueeze(-1)
             d_gates = [None] * steps
-            keeps = _keeps(mask)
-            if d_outputs is not None and mask is not None:
-                d_outputs = d_outputs * mask.unsqueeze(-1)
             for t in range(steps - 1, -1, -1):
-                act, tc, c = acts[t], tcs[t], cs[t]
-                i, f, g, o = act.chunk(4, dim=-1)
-                d_new_h = d_h if d_outputs is None else d_h + d_outputs[:, :, t].float()
-                d_new_c = d_c
-                if keeps is not None:
-                    carry_h, carry_c = torch.where(keeps[t], 0.0, d_h), torch.where(keeps[t], 0.0, d_c)
-                    d_new_h, d_new_c = torch.where(keeps[t], d_new_h, 0.0), torch.where(keeps[t], d_new_c, 0.0)
-                d_new_c = d_new_c + d_new_h * o * (1 - tc * tc)
-                d_act = torch.cat([d_new_c * g, d_new_c * c, d_new_c * i, d_new_h * tc], dim=-1)
-                slope = act * (1 - act)  # σ' for i, f, o
-                slope[..., 2 * hidden:3 * hidden] = 1 - g * g  # tanh' for g
-                d_gates[t] = d_act * slope
-                d_h = torch.bmm(d_gates[t], w_hh)
-                d_c = d_new_c * f
-                if keeps is not None:
-                    d_h, d_c = d_h + carry_h, d_c + carry_c
+                d_sum = d_h if d_outputs is None else d_h + d_outputs[:, :, t]
+                if keep is None:
+                    d_new_h, d_new_c = d_sum, torch.addcmul(d_c, d_sum, to_c[t])
+                else:  # a padded step passes the state's gradients on unchanged
+                    d_new_h = d_sum * keep[t]
+                    d_new_c = torch.addcmul(d_c * keep[t], d_new_h, to_c[t])
+                d_gates[t] = torch.cat([(coef_c[t] * d_new_c.unsqueeze(-2)).view(k, b, 3 * hidden),
+                                        coef_o[t] * d_new_h], dim=-1)
+                if keep is None:
+                    d_h, d_c = torch.bmm(d_gates[t], w_hh), d_new_c * f[t]
+                else:
+                    d_h = torch.baddbmm(d_sum * skip[t], d_gates[t], w_hh)
+                    d_c = torch.addcmul(d_c * skip[t], d_new_c, f[t])
             d_gates = torch.stack(d_gates)
             d_gates_x = d_gates.permute(1, 2, 0, 3)  # the input gates' gradient is the same tensor
             d_w = torch.bmm(d_gates.permute(1, 3, 0, 2).reshape(k, 4 * hidden, steps * b),
