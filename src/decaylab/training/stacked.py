@@ -250,16 +250,19 @@ class StackedTrainer:
         self.model = StackedSeq2Seq(self.base.model, self.params, [r.config.model.dropout for r in self.active],
                                     [r.generator for r in self.active])
 
-        def vector(values: list[float]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32, device=self.device)
-
         regs = [r.reg for r in self.active]
-        self.l2 = vector([g["weight_decay"] if g["mode"] == "l2" else 0.0 for g in regs])
-        self.l1 = vector([g["l1"] for g in regs])
-        self.coupled = vector([g["weight_decay"] if g["mode"] == "coupled" else 0.0 for g in regs])
-        self.decoupled = vector([g["weight_decay"] if g["mode"] == "decoupled" else 0.0 for g in regs])
-        self.by_schedule = vector([1.0 if g["decay_scaling"] == "schedule" else 0.0 for g in regs])
-        self.has_penalty = bool(self.l2.any() or self.l1.any())
+        coefficients = {
+            "l2": [g["weight_decay"] if g["mode"] == "l2" else 0.0 for g in regs],
+            "l1": [g["l1"] for g in regs],
+            "coupled": [g["weight_decay"] if g["mode"] == "coupled" else 0.0 for g in regs],
+            "decoupled": [g["weight_decay"] if g["mode"] == "decoupled" else 0.0 for g in regs],
+            "by_schedule": [1.0 if g["decay_scaling"] == "schedule" else 0.0 for g in regs],
+        }
+        for name, values in coefficients.items():
+            setattr(self, name, torch.tensor(values, dtype=torch.float32, device=self.device))
+        # which terms any replica uses, decided once here, not tested on the device every step (a GPU sync each)
+        self.uses = {name: any(values) for name, values in coefficients.items()}
+        self.has_penalty = self.uses["l2"] or self.uses["l1"]
 
     def _drop(self, leaving: list[Replica]) -> None:
         """Take stopped replicas out of the stack (their slices of parameters, gradients and state)."""
@@ -302,9 +305,12 @@ class StackedTrainer:
         with autocast(self.device, cfg.precision):
             task = self.model(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
                               label_smoothing=cfg.label_smoothing) / batch.n_tokens
-        values = task.detach().float().tolist()
-        # as the Trainer: a replica whose loss with its penalty overflows has diverged too
-        totals = (task.detach().float() + self.penalties()).tolist() if self.has_penalty else values
+        # as the Trainer: a replica whose loss with its penalty overflows has diverged too (one host sync for both)
+        losses = task.detach().float()
+        if self.has_penalty:
+            values, totals = torch.stack([losses, losses + self.penalties()]).tolist()
+        else:
+            values = totals = losses.tolist()
         finite = [i for i, (v, t) in enumerate(zip(values, totals, strict=True))
                   if math.isfinite(v) and math.isfinite(t)]
         for p in self.params.values():
@@ -331,7 +337,7 @@ class StackedTrainer:
     def _regularize_and_step(self) -> None:
         cfg = self.base.train
         decayed = [(name, p, self.multiplier[name]) for name, p in self.params.items() if self.multiplier[name]]
-        use_l2, use_l1 = bool(self.l2.any()), bool(self.l1.any())
+        use_l2, use_l1 = self.uses["l2"], self.uses["l1"]
         for _, p, m in decayed:  # loss terms: part of the gradient that is clipped
             if use_l2:
                 p.grad.add_(p * self._shape(self.l2 * m, p))
@@ -343,10 +349,10 @@ class StackedTrainer:
             coef = torch.clamp(cfg.clip_norm / (total + 1e-6), max=1.0)
             for p in self.params.values():
                 p.grad.mul_(self._shape(coef, p))
-        if bool(self.coupled.any()):
+        if self.uses["coupled"]:
             for _, p, m in decayed:
                 p.grad.add_(p * self._shape(self.coupled * m, p))
-        if bool(self.decoupled.any()):
+        if self.uses["decoupled"]:
             lr = self.optimizer.param_groups[0]["lr"]
             scale = lr * (1.0 - self.by_schedule) + (lr / cfg.lr) * self.by_schedule  # c_t per replica
             for _, p, m in decayed:
