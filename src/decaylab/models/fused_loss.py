@@ -14,8 +14,9 @@ import torch
 
 # Elements of one chunk's logits. CPU: per replica, ~4 MB of fp32 that stays in L2/L3 (measured fastest at
 # 128-256 rows of V = 8000 on Zen 4); stacked replicas keep those rows each, because splitting the budget over K
-# leaves GEMMs too thin to run well (K = 8, V = 8000: 16 rows each took 3.3x as long as 131). A GPU gains
-# nothing from small chunks, only launch overhead, so it takes large ones, bounded over all replicas (memory).
+# leaves GEMMs too thin to run well (benchmarks/vectorized_sweep.py, small preset: 0.97x before, 1.43x after,
+# docs/benchmarks.md §3c). A GPU gains nothing from small chunks, only launch overhead, so it takes large ones,
+# bounded over all replicas (memory).
 CHUNK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 
 
