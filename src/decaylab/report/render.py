@@ -19,7 +19,7 @@ PNG_DPI = 130
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
 SUMMARY_LABELS = {"compute_s": "training compute, s (trials + final)", "wall_s": "sweep wall time, s",
-                  "trials": "trial rows"}
+                  "trials": "trial rows", "engine": "training engine (sequential runs or stacked replicas)"}
 
 
 @dataclass
