@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check, under 8 minutes on one H100/H200:
+# One prepared GPU check, under 9 minutes on one H100/H200 (run it with timeout_s 600):
 #   1. the K = 8 vectorized-vs-sequential sweep ratio at three model sizes (issue 6 parts 3-4, goal >= 4x);
 #   2. training target tokens/s and MFU against the card's measured bf16 matmul peak (decaylab's Trainer step vs
 #      the seed-style loop, fp32 and bf16).
@@ -34,6 +34,10 @@ timeout 75 "$PY" benchmarks/vectorized_sweep.py --device cuda --pairs 4000 --ste
     --out "$OUT/vectorized_sweep_gpu_k16.json" || status_vec=$?
 timeout 40 "$PY" benchmarks/stacked_recurrence.py --device cuda --quick --out "$OUT/stacked_recurrence_gpu.json" \
     || status_vec=$?
+# The base preset's GPU drift (docs/benchmarks.md §3c): the CPU comparison's exact settings, on the GPU. A small
+# Δ here points at the training regime of the larger-batch run; a large one at the GPU path.
+timeout 60 "$PY" benchmarks/vectorized_sweep.py --device cuda --k 2 --sizes base --steps-scale 5 --pairs 2000 \
+    --batch-tokens 2048 --out "$OUT/vectorized_sweep_base_k2_30steps_gpu.json" || status_vec=$?
 
 # 2. Training throughput: a bigger model and batch than the CPU run (the small one is launch-bound), no
 #    torch.compile row (its compile time alone would eat the budget), no CPU op profile.
