@@ -36,7 +36,7 @@ import torch
 from tokenizers import Tokenizer
 
 from decaylab.config import Config, config_to_dict
-from decaylab.data.batching import bucket_batches, collate
+from decaylab.data.batching import collate
 from decaylab.data.splits import Splits
 from decaylab.errors import UserError
 from decaylab.evaluation.metrics import autocast, corpus_losses, perplexity
@@ -51,11 +51,12 @@ from decaylab.training.schedule import lr_multiplier
 from decaylab.training.trainer import (
     KILL_ENV,
     bleu_sample,
-    encode_pairs,
-    eval_subset,
+    encode_run_data,
+    epoch_groups,
     optimizer_kwargs,
     resolve_device,
     seed_everything,
+    total_steps,
 )
 
 log = logging.getLogger(__name__)
@@ -121,11 +122,7 @@ class StackedTrainer:
         self.quiet = quiet
         self.on_evaluate = on_evaluate
         self.splits, self.tokenizer = splits, tokenizer
-        self.train_data = encode_pairs(tokenizer, splits.train)
-        self.valid_data = encode_pairs(tokenizer, splits.valid)
-        limit = cfg.max_eval_examples or len(self.valid_data)
-        self.valid_eval = self.valid_data.subset(eval_subset(len(self.valid_data), limit, base.seed))
-        self.train_eval = self.train_data.subset(eval_subset(len(self.train_data), limit, base.seed))
+        self.train_data, _, self.valid_eval, self.train_eval = encode_run_data(base, tokenizer, splits)
 
         seed_everything(base.seed)  # without init_weights, every replica starts from a single run's draw
         self.template = build_model(base.model, tokenizer.get_vocab_size())
@@ -139,7 +136,7 @@ class StackedTrainer:
                                                                                 strict=True)]
         plan = Regularization(**self.replicas[0].reg).plan(self.template)
         self.multiplier = {info.name: (info.multiplier if info.decayed else 0.0) for info in plan.params}
-        self.total_steps = cfg.max_steps or sum(len(self._epoch_groups(e)) for e in range(cfg.epochs))
+        self.total_steps = total_steps(base, self.train_data)
 
         weights, states, sched_state, lr = self._start(resume)
         self.active = [r for r in self.replicas if r.status is None]
@@ -160,11 +157,6 @@ class StackedTrainer:
         generator = torch.Generator(device=self.device)
         generator.manual_seed(replica_seed(config.seed, name))
         return Replica(name, config, RunPaths(run_dir), budget, optimizer.state_dict()["param_groups"], generator)
-
-    def _epoch_groups(self, epoch: int) -> list[list[int]]:
-        cfg = self.base.train
-        return bucket_batches(self.train_data.lengths, cfg.batch_tokens, cfg.max_batch_size,
-                              seed=self.base.seed * 100_003 + epoch)
 
     def _start(self, resume: bool):
         """Fresh replicas start from the template; a replica with a checkpoint continues from it."""
@@ -435,7 +427,7 @@ class StackedTrainer:
         starts = {r.name: time.perf_counter() - r.progress["wall_s"] for r in self.active}
         tok_sum, window = 0, time.perf_counter()
         while self.active and epoch < cfg.epochs and step < self.total_steps:
-            groups = self._epoch_groups(epoch)
+            groups = epoch_groups(self.base, self.train_data, epoch)
             data = self.train_data
             for index in range(batch_index, len(groups)):
                 batch = collate([data.sources[i] for i in groups[index]],

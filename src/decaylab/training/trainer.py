@@ -79,6 +79,26 @@ def eval_subset(n: int, limit: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), limit))
 
 
+def encode_run_data(config: Config, tokenizer: Tokenizer, splits: Splits
+                    ) -> tuple[EncodedPairs, EncodedPairs, EncodedPairs, EncodedPairs]:
+    """A run's encoded training and validation splits, and the fixed subsets each evaluation scores."""
+    train, valid = encode_pairs(tokenizer, splits.train), encode_pairs(tokenizer, splits.valid)
+    limit = config.train.max_eval_examples or len(valid)
+    return (train, valid, valid.subset(eval_subset(len(valid), limit, config.seed)),
+            train.subset(eval_subset(len(train), limit, config.seed)))
+
+
+def epoch_groups(config: Config, train: EncodedPairs, epoch: int) -> list[list[int]]:
+    """Example indices per batch of `epoch`: length-bucketed, in an order fixed by the seed and the epoch."""
+    cfg = config.train
+    return bucket_batches(train.lengths, cfg.batch_tokens, cfg.max_batch_size, seed=config.seed * 100_003 + epoch)
+
+
+def total_steps(config: Config, train: EncodedPairs) -> int:
+    """Optimizer steps of the whole run (`train.max_steps`, else every epoch's batches): the schedule's length."""
+    return config.train.max_steps or sum(len(epoch_groups(config, train, e)) for e in range(config.train.epochs))
+
+
 @dataclass
 class TrainResult:
     """What a finished run reports: its folder, its best evaluation and its metric history."""
@@ -124,11 +144,8 @@ class Trainer:
                 tokenizer = train_tokenizer(texts, config.tokenizer)
         self.tokenizer = tokenizer
         self.tokenizer.save(str(self.paths.tokenizer))
-        self.train_data = encode_pairs(tokenizer, self.splits.train)
-        self.valid_data = encode_pairs(tokenizer, self.splits.valid)
-        limit = cfg.max_eval_examples or len(self.valid_data)
-        self.valid_eval = self.valid_data.subset(eval_subset(len(self.valid_data), limit, config.seed))
-        self.train_eval = self.train_data.subset(eval_subset(len(self.train_data), limit, config.seed))
+        self.train_data, self.valid_data, self.valid_eval, self.train_eval = encode_run_data(
+            config, tokenizer, self.splits)
 
         seed_everything(config.seed)
         self.model = build_model(config.model, tokenizer.get_vocab_size()).to(self.device)
@@ -142,16 +159,14 @@ class Trainer:
             self.optimizer = self.reg.optimizer(self.model, cfg.optimizer, lr=cfg.lr, **optimizer_kwargs(config))
         except ValueError as exc:
             raise UserError(f"regularization: {exc}") from None
-        self.total_steps = cfg.max_steps or sum(len(self._epoch_groups(e)) for e in range(cfg.epochs))
+        self.total_steps = total_steps(config, self.train_data)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_multiplier(cfg.schedule, cfg.warmup_steps, self.total_steps))
         self.n_params = count_parameters(self.model)
 
     def _epoch_groups(self, epoch: int) -> list[list[int]]:
         """Example indices per batch for `epoch` (the order depends only on seed and epoch)."""
-        cfg = self.config.train
-        return bucket_batches(self.train_data.lengths, cfg.batch_tokens, cfg.max_batch_size,
-                              seed=self.config.seed * 100_003 + epoch)
+        return epoch_groups(self.config, self.train_data, epoch)
 
     def _epoch_batches(self, epoch: int) -> list[Batch]:
         data = self.train_data
