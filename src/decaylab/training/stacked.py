@@ -20,19 +20,18 @@ vectorized run resumes from those folders.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import os
 import signal
 import sys
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from decaylab.config import Config, config_to_dict
@@ -58,8 +57,6 @@ from decaylab.training.trainer import (
     seed_everything,
     total_steps,
 )
-
-log = logging.getLogger(__name__)
 
 # Settings that may differ between replicas; everything else must be equal (same data, batches and schedule).
 REPLICA_FIELDS = {"regularization": ("mode", "weight_decay", "l1", "decay_scaling"), "model": ("dropout",)}
@@ -105,8 +102,7 @@ class StackedTrainer:
 
     def __init__(self, configs: list[Config], run_dirs: list[Path], *, splits: Splits, tokenizer: Tokenizer,
                  init_weights: dict[str, torch.Tensor] | None = None, budgets: list[float | None] | None = None,
-                 names: list[str] | None = None, resume: bool = True, quiet: bool = True,
-                 on_evaluate: Callable[[Replica, dict[str, Any]], None] | None = None):
+                 names: list[str] | None = None, resume: bool = True, quiet: bool = True):
         if not configs or len(configs) != len(run_dirs):
             raise ValueError(f"{len(configs)} configs for {len(run_dirs)} run folders")
         reference = shared_settings(configs[0])
@@ -120,7 +116,6 @@ class StackedTrainer:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self.quiet = quiet
-        self.on_evaluate = on_evaluate
         self.splits, self.tokenizer = splits, tokenizer
         self.train_data, _, self.valid_eval, self.train_eval = encode_run_data(base, tokenizer, splits)
 
@@ -171,8 +166,6 @@ class StackedTrainer:
             if resume and has_checkpoint:
                 folder = resolve_checkpoint(paths.last)
                 state = load_trainer_state(folder)
-                from safetensors.torch import load_file
-
                 saved = load_file(str(folder / "model.safetensors"))
                 weights[replica.name] = {n: saved[n] for n in self.names}
                 replica.progress = state["progress"]
@@ -255,6 +248,11 @@ class StackedTrainer:
         # which terms any replica uses, decided once here, not tested on the device every step (a GPU sync each)
         self.uses = {name: any(values) for name, values in coefficients.items()}
         self.has_penalty = self.uses["l2"] or self.uses["l1"]
+        # per decayed tensor, each term in use as λ·m per replica, shaped to broadcast over the tensor
+        self.decay_terms = [
+            (p, {term: self._shape(getattr(self, term) * self.multiplier[name], p)
+                 for term in ("l2", "l1", "coupled", "decoupled") if self.uses[term]})
+            for name, p in self.params.items() if self.multiplier[name]]
 
     def _drop(self, leaving: list[Replica]) -> None:
         """Take stopped replicas out of the stack (their slices of parameters, gradients and state)."""
@@ -328,27 +326,25 @@ class StackedTrainer:
     @torch.no_grad()
     def _regularize_and_step(self) -> None:
         cfg = self.base.train
-        decayed = [(name, p, self.multiplier[name]) for name, p in self.params.items() if self.multiplier[name]]
-        use_l2, use_l1 = self.uses["l2"], self.uses["l1"]
-        for _, p, m in decayed:  # loss terms: part of the gradient that is clipped
-            if use_l2:
-                p.grad.add_(p * self._shape(self.l2 * m, p))
-            if use_l1:
-                p.grad.add_(torch.sign(p) * self._shape(self.l1 * m, p))
+        for p, coef in self.decay_terms:  # loss terms: part of the gradient that is clipped
+            if "l2" in coef:
+                p.grad.addcmul_(p, coef["l2"])
+            if "l1" in coef:
+                p.grad.addcmul_(torch.sign(p), coef["l1"])
         if cfg.clip_norm:
             norms = torch.stack([p.grad.flatten(1).norm(dim=1) for p in self.params.values()])
             total = norms.norm(dim=0)
-            coef = torch.clamp(cfg.clip_norm / (total + 1e-6), max=1.0)
+            clip = torch.clamp(cfg.clip_norm / (total + 1e-6), max=1.0)
             for p in self.params.values():
-                p.grad.mul_(self._shape(coef, p))
-        if self.uses["coupled"]:
-            for _, p, m in decayed:
-                p.grad.add_(p * self._shape(self.coupled * m, p))
+                p.grad.mul_(self._shape(clip, p))
+        for p, coef in self.decay_terms:
+            if "coupled" in coef:
+                p.grad.addcmul_(p, coef["coupled"])
         if self.uses["decoupled"]:
             lr = self.optimizer.param_groups[0]["lr"]
             scale = lr * (1.0 - self.by_schedule) + (lr / cfg.lr) * self.by_schedule  # c_t per replica
-            for _, p, m in decayed:
-                p.mul_(self._shape(1.0 - scale * self.decoupled * m, p))
+            for p, coef in self.decay_terms:
+                p.mul_(1.0 - self._shape(scale, p) * coef["decoupled"])
         self.optimizer.step()
         self.scheduler.step()
 
@@ -485,8 +481,6 @@ class StackedTrainer:
                 progress["stopped_early"] = True
             atomic_write_jsonl(replica.paths.metrics, replica.history)
             save_checkpoint(replica.paths.last, tensors, self._trainer_state(k, replica))
-            if self.on_evaluate is not None:
-                self.on_evaluate(replica, row)
             budget_reached = replica.budget is not None and row["epoch"] >= replica.budget - 1e-9
             if progress["stopped_early"] or budget_reached or last:
                 replica.status = "done"
