@@ -78,14 +78,31 @@ def measure(preset: str, vocab: int, steps: int, args, device: torch.device) -> 
         common.sync(device)
         ours_s = time.perf_counter() - t0
         stacked = [r.history[-1]["val_loss"] for r in replicas]
-        tokens = sum(r.history[-1]["tokens_per_s"] for r in replicas[:1])
+        tokens = replicas[0].history[-1]["tokens_per_s"]  # every replica trains on the same tokens
+        profile = profile_stack(cfgs, [work / f"prof{i}" for i in range(len(cfgs))], splits, tokenizer, init,
+                                device) if args.profile else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"preset": preset, "vocab": tokenizer.get_vocab_size(), "steps": steps, "k": args.k,
             "parameters_per_replica": sum(t.numel() for t in init.values()),
             "baseline_s": round(baseline_s, 3), "ours_s": round(ours_s, 3), "ratio": round(baseline_s / ours_s, 3),
             "stacked_tokens_per_s_per_replica": round(tokens, 1),
-            "max_abs_val_loss_difference": max(abs(a - b) for a, b in zip(sequential, stacked, strict=True))}
+            "max_abs_val_loss_difference": max(abs(a - b) for a, b in zip(sequential, stacked, strict=True)),
+            **({"profile_self_time_share": profile} if profile else {})}
+
+
+def profile_stack(cfgs: list, folders: list[Path], splits, tokenizer, init, device: torch.device) -> dict[str, float]:
+    """Share of the stacked run's self time per operator (torch.profiler, top 8), after the timed runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        StackedTrainer(cfgs, folders, splits=splits, tokenizer=tokenizer, init_weights=init).fit()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:8]
+    return {e.key: round(getattr(e, key) / total, 3) for e in top}
 
 
 def main() -> None:
@@ -99,6 +116,8 @@ def main() -> None:
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every size's steps (a GPU needs more "
                     "steps for a stable timing)")
     ap.add_argument("--sizes", default=None, help="comma list of presets to run (default: tiny,small,base)")
+    ap.add_argument("--profile", action="store_true", help="also profile one stacked run per size and report "
+                    "the operators' shares of its time")
     ap.add_argument("--no-tf32", action="store_true", help="CUDA: turn off cuDNN's TF32 (on by default in torch), "
                     "so the sequential runs' nn.LSTM is full fp32 like the stacked GEMMs")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every logical CPU)")
@@ -124,6 +143,9 @@ def main() -> None:
         print(f"{preset:<6} V={row['vocab']:<5} {row['parameters_per_replica'] / 1e6:6.2f}M params  K={args.k}: "
               f"sequential {row['baseline_s']:7.2f} s  vectorized {row['ours_s']:7.2f} s  ratio {row['ratio']:.2f}x  "
               f"(max |Δ val loss| {row['max_abs_val_loss_difference']:.1e})", flush=True)
+        if "profile_self_time_share" in row:
+            print("       profile of the stacked run (share of self time): " + ", ".join(
+                f"{op} {share:.0%}" for op, share in row["profile_self_time_share"].items()), flush=True)
     headline = max(rows, key=lambda r: r["ratio"])
     result = {
         "ratio": headline["ratio"],
