@@ -92,17 +92,21 @@ def measure(preset: str, vocab: int, steps: int, args, device: torch.device) -> 
 
 
 def profile_stack(cfgs: list, folders: list[Path], splits, tokenizer, init, device: torch.device) -> dict[str, float]:
-    """Share of the stacked run's self time per operator (torch.profiler, top 8), after the timed runs."""
+    """Share of the stacked run's self time per operator, and per operator and input shapes (top 8 each)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         StackedTrainer(cfgs, folders, splits=splits, tokenizer=tokenizer, init_weights=init).fit()
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
-    total = sum(getattr(e, key) for e in events) or 1.0
-    top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:8]
-    return {e.key: round(getattr(e, key) / total, 3) for e in top}
+    shares = {}
+    for by_shape in (False, True):
+        events = list(prof.key_averages(group_by_input_shape=by_shape))
+        total = sum(getattr(e, key) for e in events) or 1.0
+        for e in sorted(events, key=lambda e: getattr(e, key), reverse=True)[:8]:
+            name = f"{e.key} {e.input_shapes}" if by_shape else e.key
+            shares[name] = round(getattr(e, key) / total, 3)
+    return shares
 
 
 def main() -> None:
@@ -117,7 +121,7 @@ def main() -> None:
                     "steps for a stable timing)")
     ap.add_argument("--sizes", default=None, help="comma list of presets to run (default: tiny,small,base)")
     ap.add_argument("--profile", action="store_true", help="also profile one stacked run per size and report "
-                    "the operators' shares of its time")
+                    "the operators' shares of its time (also per input shape)")
     ap.add_argument("--no-tf32", action="store_true", help="CUDA: turn off cuDNN's TF32 (on by default in torch), "
                     "so the sequential runs' nn.LSTM is full fp32 like the stacked GEMMs")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every logical CPU)")
@@ -144,8 +148,9 @@ def main() -> None:
               f"sequential {row['baseline_s']:7.2f} s  vectorized {row['ours_s']:7.2f} s  ratio {row['ratio']:.2f}x  "
               f"(max |Δ val loss| {row['max_abs_val_loss_difference']:.1e})", flush=True)
         if "profile_self_time_share" in row:
-            print("       profile of the stacked run (share of self time): " + ", ".join(
-                f"{op} {share:.0%}" for op, share in row["profile_self_time_share"].items()), flush=True)
+            print("       profile of the stacked run (share of self time):", flush=True)
+            for op, share in row["profile_self_time_share"].items():
+                print(f"         {share:5.1%}  {op}", flush=True)
     headline = max(rows, key=lambda r: r["ratio"])
     result = {
         "ratio": headline["ratio"],
