@@ -34,33 +34,36 @@ class GRURecurrence(torch.autograd.Function):
         device = gates_x.device.type
         ctx.dtypes = (gates_x.dtype, w_hh.dtype, b_hh.dtype, h0.dtype)
         with torch.autocast(device, enabled=False):
-            gates_x, w_hh, b_hh, h = _float(gates_x, w_hh, b_hh, h0)
+            gates_x, w_hh, b_hh, h0 = _float(gates_x, w_hh, b_hh, h0)
             k, b, steps, _ = gates_x.shape
-            hidden = h.size(-1)
+            hidden = h0.size(-1)
             w_t, bias = w_hh.transpose(1, 2), b_hh.unsqueeze(1)
-            # per-step results go to lists and are stacked once: a copy into a slice per step is a kernel each
-            outputs, saved = [None] * steps, {name: [None] * steps for name in ("h", "rz", "n", "hn")}
+            # Each step writes into time-major buffers (out=): no per-step allocations, and no stacking copy of
+            # every saved tensor afterwards. hs[t] is the state entering step t; hs[T] the final state.
+            hs = gates_x.new_empty(steps + 1, k, b, hidden)
+            hs[0] = h0
+            rzs, ns = gates_x.new_empty(steps, k, b, 2 * hidden), gates_x.new_empty(steps, k, b, hidden)
+            ghs = gates_x.new_empty(steps, k, b, 3 * hidden)  # h W_hhᵀ + b_hh; its n part is saved
+            news = hs[1:] if mask is None else gates_x.new_empty(steps, k, b, hidden)
             keeps = _keeps(mask)
             for t in range(steps):
-                gates_h = torch.baddbmm(bias, h, w_t)
-                x = gates_x[:, :, t]
-                rz = torch.sigmoid(x[..., :2 * hidden] + gates_h[..., :2 * hidden])
-                h_n = gates_h[..., 2 * hidden:]
-                n = torch.tanh(torch.addcmul(x[..., 2 * hidden:], rz[..., :hidden], h_n))
-                new = torch.lerp(n, h, rz[..., hidden:])  # n + z·(h − n)
-                saved["h"][t], saved["rz"][t], saved["n"][t], saved["hn"][t] = h, rz, n, h_n
-                outputs[t] = new
-                h = new if keeps is None else torch.where(keeps[t], new, h)
-            outputs = torch.stack(outputs, dim=2)
+                h, gh, rz, n, x = hs[t], ghs[t], rzs[t], ns[t], gates_x[:, :, t]
+                torch.baddbmm(bias, h, w_t, out=gh)
+                torch.add(x[..., :2 * hidden], gh[..., :2 * hidden], out=rz).sigmoid_()
+                torch.addcmul(x[..., 2 * hidden:], rz[..., :hidden], gh[..., 2 * hidden:], out=n).tanh_()
+                torch.lerp(n, h, rz[..., hidden:], out=news[t])  # n + z·(h − n)
+                if keeps is not None:
+                    torch.where(keeps[t], news[t], h, out=hs[t + 1])
             if mask is not None:
-                outputs = outputs * mask.unsqueeze(-1)  # padded steps output zeros
-        ctx.save_for_backward(w_hh, *(torch.stack(saved[n]) for n in ("h", "rz", "n", "hn")), mask)
-        return outputs, h
+                news.mul_(keeps)  # padded steps output zeros
+        ctx.save_for_backward(w_hh, hs, rzs, ns, ghs, mask)
+        return news.permute(1, 2, 0, 3), hs[steps].clone()
 
     @staticmethod
     def backward(ctx, d_outputs: torch.Tensor | None, d_h: torch.Tensor | None):
-        w_hh, hs, rzs, ns, hns, mask = ctx.saved_tensors
-        steps, k, b, hidden = hs.shape
+        w_hh, hs, rzs, ns, ghs, mask = ctx.saved_tensors
+        steps, k, b, hidden = ns.shape
+        hs, hns = hs[:-1], ghs[..., 2 * hidden:]  # the state entering each step; h W_hn + b_hn
         with torch.autocast(hs.device.type, enabled=False):
             # Every factor that depends only on the forward pass is formed for all steps at once (a few large
             # kernels), so a step of the loop is 4-5 small ones: the gate gradients are one of these factors
@@ -76,15 +79,19 @@ class GRURecurrence(torch.autograd.Function):
             d_h = torch.zeros_like(hs[0]) if d_h is None else d_h.float()
             if d_outputs is not None:
                 d_outputs = d_outputs.float() if mask is None else d_outputs.float() * mask.unsqueeze(-1)
-            d_news, d_gates_h = [None] * steps, [None] * steps
+            # the loop writes each step's gradients into these buffers (no per-step tensors to stack)
+            d_news, d_gates_h = hs.new_empty(steps, k, b, hidden), hs.new_empty(steps, k, b, 3, hidden)
             for t in range(steps - 1, -1, -1):
-                d_sum = d_h if d_outputs is None else d_h + d_outputs[:, :, t]
-                d_new = d_sum if keep is None else d_sum * keep[t]
-                d_gates_h[t] = (coef_h[t] * d_new.unsqueeze(-2)).view(k, b, 3 * hidden)
-                d_h = torch.baddbmm(d_sum * carry[t], d_gates_h[t], w_hh)
-                d_news[t] = d_new
-            d_gates_h = torch.stack(d_gates_h)
-            d_gates_x = (coef_x * torch.stack(d_news).unsqueeze(-2)).view(steps, k, b, 3 * hidden).permute(1, 2, 0, 3)
+                if keep is None:  # d_new is the incoming gradient itself: sum it straight into the buffer
+                    d_sum = d_new = (d_news[t].copy_(d_h) if d_outputs is None else
+                                     torch.add(d_h, d_outputs[:, :, t], out=d_news[t]))
+                else:
+                    d_sum = d_h if d_outputs is None else d_h + d_outputs[:, :, t]
+                    d_new = torch.mul(d_sum, keep[t], out=d_news[t])
+                torch.mul(coef_h[t], d_new.unsqueeze(-2), out=d_gates_h[t])
+                d_h = torch.baddbmm(d_sum * carry[t], d_gates_h[t].view(k, b, 3 * hidden), w_hh)
+            d_gates_h = d_gates_h.view(steps, k, b, 3 * hidden)
+            d_gates_x = (coef_x * d_news.unsqueeze(-2)).view(steps, k, b, 3 * hidden).permute(1, 2, 0, 3)
             # Σ_t dgates_hᵀ h_{t-1}: one GEMM over every step and batch row
             d_w = torch.bmm(d_gates_h.permute(1, 3, 0, 2).reshape(k, 3 * hidden, steps * b),
                             hs.permute(1, 0, 2, 3).reshape(k, steps * b, hidden))
@@ -102,35 +109,38 @@ class LSTMRecurrence(torch.autograd.Function):
         device = gates_x.device.type
         ctx.dtypes = (gates_x.dtype, w_hh.dtype, b_hh.dtype, h0.dtype, c0.dtype)
         with torch.autocast(device, enabled=False):
-            gates_x, w_hh, b_hh, h, c = _float(gates_x, w_hh, b_hh, h0, c0)
+            gates_x, w_hh, b_hh, h0, c0 = _float(gates_x, w_hh, b_hh, h0, c0)
             k, b, steps, _ = gates_x.shape
-            hidden = h.size(-1)
+            hidden = h0.size(-1)
             w_t, bias = w_hh.transpose(1, 2), b_hh.unsqueeze(1)
-            outputs, saved = [None] * steps, {name: [None] * steps for name in ("h", "c", "act", "tc")}
+            # time-major buffers written with out= (see GRURecurrence.forward); hs[t], cs[t] enter step t
+            hs, cs = gates_x.new_empty(steps + 1, k, b, hidden), gates_x.new_empty(steps + 1, k, b, hidden)
+            hs[0], cs[0] = h0, c0
+            acts, tcs = gates_x.new_empty(steps, k, b, 4 * hidden), gates_x.new_empty(steps, k, b, hidden)
+            news, new_cs = (hs[1:], cs[1:]) if mask is None else \
+                (gates_x.new_empty(steps, k, b, hidden), gates_x.new_empty(steps, k, b, hidden))
             keeps = _keeps(mask)
             for t in range(steps):
-                gates = torch.baddbmm(bias, h, w_t).add_(gates_x[:, :, t])
-                act = torch.sigmoid(gates)  # i, f, (g), o
-                act[..., 2 * hidden:3 * hidden] = torch.tanh(gates[..., 2 * hidden:3 * hidden])
+                h, c, act = hs[t], cs[t], acts[t]
+                torch.baddbmm(bias, h, w_t, out=act).add_(gates_x[:, :, t])
+                act[..., :2 * hidden].sigmoid_()  # i, f, (g), o
+                act[..., 2 * hidden:3 * hidden].tanh_()
+                act[..., 3 * hidden:].sigmoid_()
                 i, f, g, o = act.chunk(4, dim=-1)
-                new_c = torch.addcmul(f * c, i, g)
-                tc = torch.tanh(new_c)
-                new_h = o * tc
-                saved["h"][t], saved["c"][t], saved["act"][t], saved["tc"][t] = h, c, act, tc
-                outputs[t] = new_h
-                if keeps is None:
-                    h, c = new_h, new_c
-                else:
-                    h, c = torch.where(keeps[t], new_h, h), torch.where(keeps[t], new_c, c)
-            outputs = torch.stack(outputs, dim=2)
+                new_c = torch.mul(f, c, out=new_cs[t]).addcmul_(i, g)
+                torch.mul(o, torch.tanh(new_c, out=tcs[t]), out=news[t])
+                if keeps is not None:
+                    torch.where(keeps[t], news[t], h, out=hs[t + 1])
+                    torch.where(keeps[t], new_c, c, out=cs[t + 1])
             if mask is not None:
-                outputs = outputs * mask.unsqueeze(-1)
-        ctx.save_for_backward(w_hh, *(torch.stack(saved[n]) for n in ("h", "c", "act", "tc")), mask)
-        return outputs, h, c
+                news.mul_(keeps)  # padded steps output zeros
+        ctx.save_for_backward(w_hh, hs, cs, acts, tcs, mask)
+        return news.permute(1, 2, 0, 3), hs[steps].clone(), cs[steps].clone()
 
     @staticmethod
     def backward(ctx, d_outputs: torch.Tensor | None, d_h: torch.Tensor | None, d_c: torch.Tensor | None):
         w_hh, hs, cs, acts, tcs, mask = ctx.saved_tensors
+        hs, cs = hs[:-1], cs[:-1]  # the states entering each step
         steps, k, b, hidden = hs.shape
         with torch.autocast(hs.device.type, enabled=False):
             # Factors of the forward pass for all steps at once (see GRURecurrence.backward).
@@ -145,7 +155,7 @@ class LSTMRecurrence(torch.autograd.Function):
             d_c = torch.zeros_like(hs[0]) if d_c is None else d_c.float()
             if d_outputs is not None:
                 d_outputs = d_outputs.float() if mask is None else d_outputs.float() * mask.unsqueeze(-1)
-            d_gates = [None] * steps
+            d_gates = hs.new_empty(steps, k, b, 4 * hidden)  # each step writes its gate gradients here
             for t in range(steps - 1, -1, -1):
                 d_sum = d_h if d_outputs is None else d_h + d_outputs[:, :, t]
                 if keep is None:
@@ -153,14 +163,13 @@ class LSTMRecurrence(torch.autograd.Function):
                 else:  # a padded step passes the state's gradients on unchanged
                     d_new_h = d_sum * keep[t]
                     d_new_c = torch.addcmul(d_c * keep[t], d_new_h, to_c[t])
-                d_gates[t] = torch.cat([(coef_c[t] * d_new_c.unsqueeze(-2)).view(k, b, 3 * hidden),
-                                        coef_o[t] * d_new_h], dim=-1)
+                torch.mul(coef_c[t], d_new_c.unsqueeze(-2), out=d_gates[t, ..., :3 * hidden].view(k, b, 3, hidden))
+                torch.mul(coef_o[t], d_new_h, out=d_gates[t, ..., 3 * hidden:])
                 if keep is None:
                     d_h, d_c = torch.bmm(d_gates[t], w_hh), d_new_c * f[t]
                 else:
                     d_h = torch.baddbmm(d_sum * skip[t], d_gates[t], w_hh)
                     d_c = torch.addcmul(d_c * skip[t], d_new_c, f[t])
-            d_gates = torch.stack(d_gates)
             d_gates_x = d_gates.permute(1, 2, 0, 3)  # the input gates' gradient is the same tensor
             d_w = torch.bmm(d_gates.permute(1, 3, 0, 2).reshape(k, 4 * hidden, steps * b),
                             hs.permute(1, 0, 2, 3).reshape(k, steps * b, hidden))
