@@ -212,8 +212,7 @@ def build_rows(args: argparse.Namespace, names: list[str], workdir: Path) -> tup
         trainer = base if name == "ours" else Trainer(
             make_config(args, *overrides), workdir / name, splits=base.splits, tokenizer=base.tokenizer, quiet=True)
         trainer.model.train()
-        counter = iter(range(10**9))
-        return Row(name, lambda b: trainer._train_step(b, next(counter)), bucketed, trainer.model, trainer)
+        return Row(name, lambda b: trainer._train_step(b)[0].item(), bucketed, trainer.model, trainer)
 
     rows: dict[str, Row] = {}
     for name in names:

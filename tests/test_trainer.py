@@ -97,20 +97,24 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path) -> None:
     assert stable(read_jsonl(tmp_path / "killed" / "metrics.jsonl")) == stable(uninterrupted.history)
 
 
-def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bad_batch", ["third", "last of the epoch"])
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path: Path, bad_batch: str) -> None:
     cfg = tiny_config("train.epochs=3")
     trainer = Trainer(cfg, tmp_path / "run", quiet=True)
     trainer.fit()
     good = load_trainer_state(tmp_path / "run" / "checkpoints" / "last")["progress"]["step"]
     trainer2 = Trainer(tiny_config("train.epochs=6"), tmp_path / "run", resume=True, quiet=True)
+    # the last batch of an epoch is followed by an evaluation, not by another step
+    bad = 3 if bad_batch == "third" else len(trainer2._epoch_batches(3))
     forward, calls = trainer2.model.forward, []
 
-    def poisoned(*args, **kwargs):  # the third training batch after resuming produces a NaN loss
+    def poisoned(*args, **kwargs):  # that training batch after resuming produces a NaN loss
         calls.append(1)
-        return forward(*args, **kwargs) * (float("nan") if len(calls) == 3 else 1.0)
+        return forward(*args, **kwargs) * (float("nan") if len(calls) == bad else 1.0)
 
     trainer2.model.forward = poisoned
-    with pytest.raises(TrainingDiverged, match=r"the loss became nan .* last good checkpoint"):
+    # the step is named right although its loss is read back only after the next step is queued
+    with pytest.raises(TrainingDiverged, match=rf"step {good + bad}: the loss became nan .* last good checkpoint"):
         trainer2.fit()
     assert load_trainer_state(tmp_path / "run" / "checkpoints" / "last")["progress"]["step"] == good
 

@@ -19,12 +19,15 @@ class Batch:
     tgt_in: torch.Tensor  # [B, T]
     tgt_out: torch.Tensor  # [B, T]
     n_tokens: int  # non-pad target tokens
+    # Flat positions (in B·T) of the non-pad targets, found on the CPU when the batch is built: selecting those
+    # rows on a GPU with a boolean mask would make the host wait for the device to learn how many there are.
+    target_index: torch.Tensor  # [n_tokens]
 
     def to(self, device: torch.device) -> Batch:
         """The same batch on another device (lengths stay on the CPU)."""
         return Batch(self.src.to(device, non_blocking=True), self.src_len,
                      self.tgt_in.to(device, non_blocking=True), self.tgt_out.to(device, non_blocking=True),
-                     self.n_tokens)
+                     self.n_tokens, self.target_index.to(device, non_blocking=True))
 
 
 def pad_sources(sources: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +49,8 @@ def collate(sources: list[list[int]], targets: list[list[int]]) -> Batch:
         tgt_out[i, : len(t)] = torch.tensor(t)
         tgt_in[i, 0] = BOS_ID
         tgt_in[i, 1 : len(t)] = torch.tensor(t[:-1])
-    return Batch(src, src_len, tgt_in, tgt_out, sum(map(len, targets)))
+    target_index = (tgt_out.view(-1) != PAD_ID).nonzero().squeeze(1)
+    return Batch(src, src_len, tgt_in, tgt_out, len(target_index), target_index)
 
 
 def bucket_batches(

@@ -39,7 +39,8 @@ def corpus_losses(model: Callable[..., torch.Tensor], data: EncodedPairs, device
             for batch in data.batches(batch_tokens, 1024, seed=0, shuffle=False):
                 batch = batch.to(device)
                 with autocast(device, precision):
-                    total = total + model(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out).double()
+                    total = total + model(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
+                                           target_index=batch.target_index).double()
                 tokens += batch.n_tokens
     finally:
         model.train(was_training)

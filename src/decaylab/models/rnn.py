@@ -160,19 +160,25 @@ class Seq2Seq(nn.Module):
         return self.output(hidden)
 
     def forward(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
-                label_smoothing: float = 0.0) -> torch.Tensor:
-        """Summed cross-entropy (nats) over non-pad target tokens; pad positions never reach the output layer."""
-        hidden, _ = self.decode(tgt_in, self.encode(src, src_len))
-        return self.token_loss(hidden, tgt_out, label_smoothing)
+                label_smoothing: float = 0.0, target_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Summed cross-entropy (nats) over non-pad target tokens; pad positions never reach the output layer.
 
-    def token_loss(self, hidden: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        `target_index` (optional, `Batch.target_index`): the flat positions of the non-pad targets, if known.
+        """
+        hidden, _ = self.decode(tgt_in, self.encode(src, src_len))
+        return self.token_loss(hidden, tgt_out, label_smoothing, target_index)
+
+    def token_loss(self, hidden: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float = 0.0,
+                   target_index: torch.Tensor | None = None) -> torch.Tensor:
         """Summed cross-entropy (nats) of attentional states [B, T, D] against `tgt_out`, pad positions skipped."""
-        keep = tgt_out != PAD_ID
         # Project only real tokens: the vocabulary projection dominates the step, padding would waste it. The
         # projection and the loss run fused in row chunks (equal to F.cross_entropy of self.logits to float
         # rounding): on a CPU the [N, V] log-softmax passes of the unfused path cost as much as its GEMMs.
-        return linear_cross_entropy(hidden[keep], self.output.weight, self.output.bias, tgt_out[keep],
-                                    label_smoothing)
+        if target_index is None:
+            target_index = (tgt_out.reshape(-1) != PAD_ID).nonzero().squeeze(1)
+        rows = hidden.reshape(-1, hidden.size(-1)).index_select(0, target_index)
+        return linear_cross_entropy(rows, self.output.weight, self.output.bias,
+                                    tgt_out.reshape(-1).index_select(0, target_index), label_smoothing)
 
     def step(self, tokens: torch.Tensor, memory: Memory, state: RNNState) -> tuple[torch.Tensor, RNNState]:
         """One decoding step: log-probabilities [N, V] of the next token and the new state."""

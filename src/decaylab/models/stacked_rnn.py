@@ -173,10 +173,12 @@ class StackedSeq2Seq:
         return hidden
 
     def __call__(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
-                 label_smoothing: float = 0.0) -> torch.Tensor:
+                 label_smoothing: float = 0.0, target_index: torch.Tensor | None = None) -> torch.Tensor:
         """Per-replica summed cross-entropy [K] over the non-pad target tokens (Seq2Seq.forward for each)."""
         hidden = self.decode(tgt_in, self.encode(src, src_len))
-        keep = tgt_out != PAD_ID
+        if target_index is None:
+            target_index = (tgt_out.reshape(-1) != PAD_ID).nonzero().squeeze(1)
+        rows = hidden.reshape(hidden.size(0), -1, hidden.size(-1)).index_select(1, target_index)
         bias = self.p("output.bias") if self.has("output.bias") else None
-        return stacked_linear_cross_entropy(hidden[:, keep], self.p("output.weight"), bias, tgt_out[keep],
-                                            label_smoothing)
+        return stacked_linear_cross_entropy(rows, self.p("output.weight"), bias,
+                                            tgt_out.reshape(-1).index_select(0, target_index), label_smoothing)

@@ -294,7 +294,7 @@ class StackedTrainer:
         cfg = self.base.train
         with autocast(self.device, cfg.precision):
             task = self.model(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
-                              label_smoothing=cfg.label_smoothing) / batch.n_tokens
+                              label_smoothing=cfg.label_smoothing, target_index=batch.target_index) / batch.n_tokens
         # as the Trainer: a replica whose loss with its penalty overflows has diverged too (one host sync for both)
         losses = task.detach().float()
         if self.has_penalty:

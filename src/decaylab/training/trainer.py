@@ -251,16 +251,21 @@ class Trainer:
                   kill_after: int, done: bool) -> None:
         """The epochs and steps of `fit`, updating `progress` and `history` in place."""
         cfg = self.config.train
-        loss_sum, tok_sum, window_start = 0.0, 0, time.perf_counter()
+        window = {"loss_sum": 0.0, "tokens": 0}
+        window_start = time.perf_counter()
+        # A step's loss is read back (and checked) after the next step has been queued: on a GPU, reading it at
+        # once would leave the device idle while the host queues the next step. A non-finite loss therefore
+        # stops training one step later, still before anything is evaluated or written.
+        pending: tuple[int, torch.Tensor, int] | None = None
         while not done and progress["epoch"] < cfg.epochs:
             batches = self._epoch_batches(progress["epoch"])
             for index in range(progress["batch"], len(batches)):
-                loss = self._train_step(batches[index].to(self.device), progress["step"])
-                loss_sum += loss * batches[index].n_tokens
-                tok_sum += batches[index].n_tokens
+                losses = self._train_step(batches[index].to(self.device))
+                if pending is not None:
+                    self._settle(*pending, window)
+                pending = (progress["step"], losses, batches[index].n_tokens)
                 progress["step"] += 1
                 progress["batch"] = index + 1
-                self.progress_bar.step(loss)
                 if kill_after and progress["step"] == kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
                 end_of_epoch = index + 1 == len(batches)
@@ -271,11 +276,14 @@ class Trainer:
                     (not cfg.eval_every and end_of_epoch)
                 last_step = progress["step"] >= self.total_steps or (end_of_epoch and progress["epoch"] >= cfg.epochs)
                 if due or last_step:
+                    self._settle(*pending, window)
+                    pending = None
                     elapsed = time.perf_counter() - window_start
                     row = {"step": progress["step"], "epoch": round(progress["epoch"] + progress["batch"]
                                                                      / len(batches), 4),
-                           "train_loss": loss_sum / max(1, tok_sum), "lr": self.optimizer.param_groups[0]["lr"],
-                           "tokens_per_s": tok_sum / max(elapsed, 1e-9)}
+                           "train_loss": window["loss_sum"] / max(1, window["tokens"]),
+                           "lr": self.optimizer.param_groups[0]["lr"],
+                           "tokens_per_s": window["tokens"] / max(elapsed, 1e-9)}
                     row.update(self.evaluate())
                     progress["wall_s"] = time.perf_counter() - started
                     row["wall_s"] = progress["wall_s"]
@@ -293,20 +301,22 @@ class Trainer:
                     self._report(row, improved, writer)
                     if self.on_evaluate is not None:
                         self.on_evaluate(row)
-                    loss_sum, tok_sum, window_start = 0.0, 0, time.perf_counter()
+                    window.update(loss_sum=0.0, tokens=0)
+                    window_start = time.perf_counter()
                     if progress["stopped_early"]:
                         self._say(f"early stopping: no val-loss improvement in {cfg.patience} evaluations")
                 if progress["stopped_early"] or progress["step"] >= self.total_steps:
                     done = True
                     break
 
-    def _train_step(self, batch: Batch, step: int) -> float:
-        """One optimizer step; returns the batch's mean task loss per target token."""
+    def _train_step(self, batch: Batch) -> torch.Tensor:
+        """One optimizer step; returns [mean task loss per target token, that plus the penalty] on the device."""
         cfg = self.config.train
         with autocast(self.device, cfg.precision):
             try:
                 task = self.forward(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
-                                    label_smoothing=cfg.label_smoothing) / batch.n_tokens
+                                    label_smoothing=cfg.label_smoothing, target_index=batch.target_index
+                                    ) / batch.n_tokens
             except Exception as exc:
                 if cfg.compile and type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
                     first = (str(exc).strip().splitlines() or [""])[0]
@@ -314,19 +324,24 @@ class Trainer:
                                     f"{first[:300]}); train without it (train.compile=false)") from exc
                 raise
         loss = task + self.reg.penalty(self.model)
-        # One host sync for both numbers (on a GPU each .item() waits for the device).
-        value, total = torch.stack([task.detach().float(), loss.detach().float()]).tolist()
-        if not (math.isfinite(value) and math.isfinite(total)):
-            raise TrainingDiverged(
-                f"step {step + 1}: the loss became {total} (lower train.lr, set train.clip_norm, or check the data); "
-                f"stopped, the last good checkpoint is in {self.paths.last}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm, foreach=True)
         self.optimizer.step()
         self.scheduler.step()
-        return value
+        return torch.stack([task.detach().float(), loss.detach().float()])
+
+    def _settle(self, step: int, losses: torch.Tensor, n_tokens: int, window: dict[str, float]) -> None:
+        """Read back a step's losses (one host sync for both): stop on a non-finite one, else count it."""
+        value, total = losses.tolist()
+        if not (math.isfinite(value) and math.isfinite(total)):
+            raise TrainingDiverged(
+                f"step {step + 1}: the loss became {total} (lower train.lr, set train.clip_norm, or check the data); "
+                f"stopped, the last good checkpoint is in {self.paths.last}")
+        window["loss_sum"] += value * n_tokens
+        window["tokens"] += n_tokens
+        self.progress_bar.step(value)
 
     # -- reporting -----------------------------------------------------------------------------------
     def _tensorboard(self):
