@@ -39,6 +39,33 @@ timeout 40 "$PY" benchmarks/stacked_recurrence.py --device cuda --quick --out "$
 timeout 60 "$PY" benchmarks/vectorized_sweep.py --device cuda --k 2 --sizes base --steps-scale 5 --pairs 2000 \
     --batch-tokens 2048 --out "$OUT/vectorized_sweep_base_k2_30steps_gpu.json" || status_vec=$?
 
+# Host syncs left in one training step (torch's sync debug mode warns at each one, with the Python line that
+# caused it): the Trainer's step is written to have none, so the host can queue steps ahead of the device.
+timeout 45 "$PY" - "$OUT/host_syncs_gpu.json" <<'PY' || status_train=$?
+import json, sys, tempfile, warnings
+from pathlib import Path
+import torch
+from decaylab.config import load_config
+from decaylab.training import Trainer
+cuda = torch.cuda.is_available()
+cfg = load_config(None, ["data.name=bible-en-es", "data.max_examples=400", "model.preset=small",
+                         "tokenizer.vocab_size=2000", f"train.device={'cuda' if cuda else 'cpu'}"])
+trainer = Trainer(cfg, Path(tempfile.mkdtemp()) / "run", quiet=True)
+batches = trainer._epoch_batches(0)
+trainer._train_step(batches[0].to(trainer.device)).tolist()  # warm-up, then the device is idle
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    if cuda:
+        torch.cuda.set_sync_debug_mode("warn")
+    losses = trainer._train_step(batches[1].to(trainer.device))
+    if cuda:
+        torch.cuda.set_sync_debug_mode(0)
+losses.tolist()
+sites = [f"{Path(w.filename).name}:{w.lineno}: {str(w.message).splitlines()[0][:120]}" for w in caught]
+Path(sys.argv[1]).write_text(json.dumps({"syncs_per_trainer_step": len(sites), "sites": sites}, indent=2))
+print(f"host syncs in one Trainer step: {len(sites)}", *sites, sep="\n  ")
+PY
+
 # 2. Training throughput: a bigger model and batch than the CPU run (the small one is launch-bound), no
 #    torch.compile row (its compile time alone would eat the budget), no CPU op profile.
 timeout "${TRAIN_TIMEOUT:-170}" "$PY" benchmarks/train_throughput.py --device cuda --quick --preset base \

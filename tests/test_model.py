@@ -83,3 +83,25 @@ def test_step_matches_teacher_forcing() -> None:
     for t in range(b.tgt_in.size(1)):
         step, state = model.step(b.tgt_in[:, t], memory, state)
         torch.testing.assert_close(step, full[:, t], rtol=1e-5, atol=1e-5)
+
+
+def test_pack_sources_is_pack_padded_sequence_without_the_device_copy() -> None:
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from decaylab.models.rnn import pack_sources
+
+    x = torch.randn(6, 5, 3)
+    lengths = torch.tensor([3, 5, 1, 3, 5, 2])  # ties: the order among equal lengths must match too
+    ours, torch_s = pack_sources(x, lengths), pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    for name in ("data", "batch_sizes", "sorted_indices", "unsorted_indices"):
+        assert torch.equal(getattr(ours, name), getattr(torch_s, name)), name
+
+
+def test_target_index_selects_the_boolean_mask_rows() -> None:
+    b = batch()
+    assert b.n_tokens == int((b.tgt_out != PAD_ID).sum())
+    assert torch.equal(b.tgt_out.reshape(-1)[b.target_index], b.tgt_out[b.tgt_out != PAD_ID])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preset="tiny", dropout=0.0), VOCAB)
+    given = model(b.src, b.src_len, b.tgt_in, b.tgt_out, target_index=b.target_index)
+    assert torch.equal(given, model(b.src, b.src_len, b.tgt_in, b.tgt_out))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from decaylab.config import ModelConfig
 from decaylab.data.tokenizer import PAD_ID
@@ -50,6 +50,15 @@ class Memory:
             group, pick = 1, source
         return Memory(self.outputs.index_select(0, pick), self.mask.index_select(0, pick), state,
                       self.keys.index_select(0, pick), group)
+
+
+def pack_sources(embedded: torch.Tensor, lengths: torch.Tensor) -> PackedSequence:
+    """`pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)`, the same packing,
+    without its blocking copy of the sort order to the device (on a GPU that copy waits for the device)."""
+    lengths, order = torch.sort(lengths.to(torch.int64), descending=True)  # as pack_padded_sequence sorts
+    order = order.to(embedded.device, non_blocking=True)
+    packed = pack_padded_sequence(embedded.index_select(0, order), lengths, batch_first=True)
+    return PackedSequence(packed.data, packed.batch_sizes, order, None)
 
 
 def _map_state(state: RNNState, fn) -> RNNState:
@@ -126,12 +135,12 @@ class Seq2Seq(nn.Module):
     def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> Memory:
         """Run the encoder over padded sources and build the decoder's memory and initial state."""
         embedded = self.dropout(self.src_embed(src))
-        packed = pack_padded_sequence(embedded, src_len.cpu(), batch_first=True, enforce_sorted=False)
-        outputs, final = self.encoder(packed)
+        outputs, final = self.encoder(pack_sources(embedded, src_len.cpu()))
         outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
         state = _map_state(final, self._bridge)
         keys = self.attention.keys(outputs) if self.cfg.attention != "none" else outputs
-        mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_len.to(src.device).unsqueeze(1)
+        lengths = src_len.to(src.device, non_blocking=True)
+        mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < lengths.unsqueeze(1)
         return Memory(outputs, mask, state, keys)
 
     def _bridge(self, final: torch.Tensor) -> torch.Tensor:

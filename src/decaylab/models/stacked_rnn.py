@@ -132,7 +132,8 @@ class StackedSeq2Seq:
         directions = 2 if cfg.bidirectional else 1
         enc_hidden = cfg.hidden // directions
         embedded = self.dropout(self.embed("src_embed.weight", src))
-        valid = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_len.to(src.device).unsqueeze(1)
+        lengths = src_len.to(src.device, non_blocking=True)
+        valid = torch.arange(src.size(1), device=src.device).unsqueeze(0) < lengths.unsqueeze(1)
         start = [self._zeros(src.size(0), enc_hidden, embedded)] * (cfg.layers * directions)
         outputs, finals = self._rnn(embedded, "encoder", start, directions, valid)
         # decoder initial state per layer: the directions' final states joined (Seq2Seq._bridge)
