@@ -45,7 +45,7 @@ def test_points_aggregate_folds_and_derive_the_training_loss() -> None:
     assert best is not None and best.lam == 1e-3 and math.isclose(best.mean("train_loss"), 4.9 - 0.1)
     assert sweep.chosen is not None and sweep.chosen.lam == 1e-2
     assert {p.lam for p in sweep.within_one_se()} == {1e-3, 1e-2}
-    assert sweep.folds == 3 and sweep.metric_field == "best_val_loss"
+    assert sweep.repeats == 3 and sweep.metric_field == "best_val_loss"
 
 
 def test_paired_difference_counts_the_folds_won() -> None:

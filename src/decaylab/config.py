@@ -152,6 +152,9 @@ class Config(Section):
     """A complete, resolved run configuration."""
 
     seed: int = 0
+    # Seed of the data order (batches per epoch, evaluation subsets); None: `seed`. A sweep's seed repeats
+    # change `seed` (initial weights, dropout) and keep this fixed, as HF Trainer's `data_seed` does.
+    data_seed: int | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

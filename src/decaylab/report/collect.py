@@ -217,10 +217,16 @@ class SweepData:
         return METRIC_FIELDS.get(self.metric, "best_val_loss")
 
     @property
-    def folds(self) -> int:
-        """Folds per point (1 without cross-validation)."""
-        folds = {r.get("fold") for r in self.rows if r.get("fold") is not None}
-        return len(folds) or 1
+    def repeats(self) -> int:
+        """Trials per point that a table row averages: folds × seeds (1 for one split and one seed)."""
+        return len({(r.get("fold"), r.get("seed")) for r in self.rows}) or 1
+
+    @property
+    def repeats_word(self) -> str:
+        """What those trials are: folds, seeds, or both."""
+        folds = any(r.get("fold") is not None for r in self.rows)
+        seeds = any(r.get("seed") is not None for r in self.rows)
+        return "folds × seeds" if folds and seeds else "seeds" if seeds else "folds"
 
     @property
     def chosen(self) -> Point | None:
@@ -263,8 +269,8 @@ class SweepData:
                 and sign * p.mean(name) <= limit + 1e-12]
 
     def run_of(self, point: Point) -> RunData | None:
-        """A representative run of the point: its first fold (the first trial when there are no folds)."""
-        ordered = sorted(point.rows, key=lambda r: r.get("fold") or 0)
+        """A representative run of the point: its first fold and seed (the first trial when there are none)."""
+        ordered = sorted(point.rows, key=lambda r: (r.get("fold") or 0, r.get("seed") or 0))
         for row in ordered:
             run = self.runs.get(str(row.get("trial")))
             if run is not None:

@@ -63,11 +63,16 @@ class Verdict:
 
 
 def paired_difference(sweep: SweepData, a: Point, b: Point) -> tuple[float | None, float | None, int, int]:
-    """Mean ± SE of (a − b) on the selection metric over folds both finished, and in how many folds a is better."""
+    """Mean ± SE of (a − b) on the selection metric over the (fold, seed) pairs both finished, and in how many of
+    them a is better."""
     name = sweep.metric_field
-    by_fold = {r.get("fold"): r.get(name) for r in b.rows if r.get("status") == "done" and finite(r.get(name))}
-    diffs = [float(r[name]) - float(by_fold[r.get("fold")]) for r in a.rows
-             if r.get("status") == "done" and finite(r.get(name)) and r.get("fold") in by_fold]
+
+    def pair(row: dict) -> tuple:
+        return row.get("fold"), row.get("seed")
+
+    by_pair = {pair(r): r.get(name) for r in b.rows if r.get("status") == "done" and finite(r.get(name))}
+    diffs = [float(r[name]) - float(by_pair[pair(r)]) for r in a.rows
+             if r.get("status") == "done" and finite(r.get(name)) and pair(r) in by_pair]
     sign = -1.0 if sweep.metric in HIGHER_IS_BETTER else 1.0
     wins = sum(1 for d in diffs if sign * d < 0)
     mean, se = mean_se(diffs)
@@ -89,7 +94,7 @@ def compared_points(sweep: SweepData) -> tuple[Point | None, Point | None]:
 def sweep_verdict(sweep: SweepData, test: dict[str, Any] | None, sample_chrf: list[tuple[str, float]]) -> Verdict:
     """Which λ, how sure, and what it does to the text, in a few lines."""
     chosen, name, metric = sweep.chosen, sweep.metric_field, sweep.metric
-    folds = sweep.folds
+    folds = sweep.repeats
     strategy = sweep.spec.get("strategy", "grid")
     if chosen is None:
         return Verdict("No λ chosen yet", f"{len(sweep.rows)} trial(s) recorded; summary.json is not written "
@@ -99,9 +104,11 @@ def sweep_verdict(sweep: SweepData, test: dict[str, Any] | None, sample_chrf: li
     if chosen.dropout is not None and len({p.dropout for p in sweep.points}) > 1:
         headline += f", dropout {chosen.dropout:g}"
     subline = (f"chosen by {RULES.get(sweep.rule, sweep.rule)} on {METRIC_NAMES.get(metric, metric)}; "
-               f"{strategy} search, {len(sweep.points)} settings" + (f" × {folds} folds" if folds > 1 else ""))
+               f"{strategy} search, {len(sweep.points)} settings"
+               + (f" × {folds} {sweep.repeats_word}" if folds > 1 else ""))
     facts = [Fact(f"{METRIC_NAMES.get(metric, metric)} at the chosen λ", pm(chosen.mean(name), chosen.se(name)),
-                  f"mean ± SE over {chosen.n_done} folds" if folds > 1 else "one validation split")]
+                  f"mean ± SE over {chosen.n_done} {sweep.repeats_word}" if folds > 1
+                  else "one validation split")]
     baseline = sweep.baseline(chosen.dropout)
     if baseline is not None and baseline is not chosen:
         facts.append(Fact(f"{METRIC_NAMES.get(metric, metric)} at λ = 0", pm(baseline.mean(name), baseline.se(name))))
@@ -109,8 +116,8 @@ def sweep_verdict(sweep: SweepData, test: dict[str, Any] | None, sample_chrf: li
         if diff is not None:
             sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
             word = "better" if sign * diff < 0 else "worse" if sign * diff > 0 else "equal"
-            sure = (f"paired over folds: chosen better in {wins} of {n}" if n > 1
-                    else "one split, no error bars (use --strategy cv for them)")
+            sure = (f"paired over {sweep.repeats_word}: chosen better in {wins} of {n}" if n > 1
+                    else "one split, no error bars (use --strategy cv or --seeds for them)")
             if se:
                 sure += f"; |Δ| = {abs(diff) / se:.1f} SE"
             facts.append(Fact("difference chosen − λ = 0", f"{signed(diff)}{' ± ' + fmt(se) if se else ''} ({word})",
@@ -234,7 +241,7 @@ def points_table(sweep: SweepData) -> dict[str, Any]:
             marks.append("★ chosen")
         if best is not None and p.key == best.key:
             marks.append("lowest mean" if sweep.metric not in HIGHER_IS_BETTER else "highest mean")
-        if p.key in band and sweep.folds > 1:
+        if p.key in band and sweep.repeats > 1:
             marks.append("within 1 SE")
         rows.append({"mode": p.mode, "lambda": p.lam, "dropout": p.dropout,
                      "selection": pm(p.mean(name), p.se(name)), "train_loss": p.mean("train_loss"),

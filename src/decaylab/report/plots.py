@@ -198,7 +198,8 @@ def u_curve(sweep: SweepData) -> Figure:
     main = fig.add_subplot(grid[:, 0])
     side = [fig.add_subplot(grid[i, 1]) for i in range(len(side_metrics))]
     axis = LambdaAxis([p.lam for p in sweep.points])
-    spread = f"mean ± SE over {sweep.folds} folds" if sweep.folds > 1 else "one split, no error bars"
+    spread = f"mean ± SE over {sweep.repeats} {sweep.repeats_word}" if sweep.repeats > 1 else \
+        "one split, no error bars"
     for ax, name in [(main, "best_val_loss"), *zip(side, side_metrics, strict=True)]:
         _plot_metric(ax, sweep, name, axis, with_train=ax is main)
         _mark_choice(ax, sweep, name, axis, selection_panel=name == sweep.metric_field)
@@ -304,7 +305,7 @@ def learning_curves(sweep: SweepData) -> Figure:
         ax.set_title(title)
         ax.set_xlabel("epoch")
     axes[0].set_ylabel("loss (nats/token)")
-    folds = " (fold 1 of each λ)" if sweep.folds > 1 else ""
+    folds = f" (the first of each λ's {sweep.repeats_word})" if sweep.repeats > 1 else ""
     fig.legend([Line2D([], [], color="#444444", lw=1.5), Line2D([], [], color="#444444", lw=0.9, ls="--"),
                 Line2D([], [], marker="o", color="#444444", ls="none"),
                 Line2D([], [], color=mode_color("none"), lw=1.5)],

@@ -73,8 +73,8 @@ def sweep_page(sweep: collect.SweepData, figures: Figures, n_samples: int) -> di
     audit = audit_run(reference.root, reference.history) if reference is not None else {"error": "no run found"}
 
     figures.add("u_curve", plots.u_curve(sweep), "U-curve: validation loss against λ",
-                "Solid: validation loss at each trial's best epoch (mean ± standard error over folds); dashed: "
-                "eval-mode training loss at that epoch, so the vertical distance is the generalization gap. "
+                "Solid: validation loss at each trial's best epoch (mean ± standard error over folds or seeds); "
+                "dashed: eval-mode training loss at that epoch, so the vertical distance is the generalization gap. "
                 "The star is the chosen λ; the shaded band is one standard error above the best mean (the 1-SE "
                 "rule picks the largest λ inside it). λ = 0 sits at the left edge, past the axis break.")
     models = [("λ = 0", base_run, plots.mode_color("none"))] if base_run is not None else []
@@ -95,7 +95,7 @@ def sweep_page(sweep: collect.SweepData, figures: Figures, n_samples: int) -> di
                     "L2 norm of every parameter tensor in the best checkpoint of each model (fold 1 when there "
                     "are folds). Hatched tensors are outside the decay set, so λ does not act on them directly.")
     figures.add("gap", plots.gap_curve(sweep), "Generalization gap against λ",
-                "Validation minus eval-mode training loss at each trial's best epoch (mean ± SE over folds).")
+                "Validation minus eval-mode training loss at each trial's best epoch (mean ± SE over folds or seeds).")
     summary = sweep.summary or {}
     final_info = summary.get("final") if isinstance(summary.get("final"), dict) else {}
     test = final_info.get("test") if isinstance(final_info.get("test"), dict) else None

@@ -58,6 +58,8 @@ def _spec_args(spec: SweepSpec) -> dict[str, Any]:
                             "no_zero": not spec.zero}
     if spec.strategy == "cv":
         args["folds"] = spec.folds
+    if spec.seeds is not None:
+        args["seeds"] = spec.seeds
     if spec.strategy == "optuna":
         args.update(trials=spec.trials, pruner=spec.pruner, storage=spec.storage, study=spec.study)
     if spec.strategy == "halving":
@@ -90,7 +92,7 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
           workers: int = 1, eta: int | None = None, min_epochs: int | None = None, pruner: str | None = None,
           no_zero: bool | None = None, output: str | Path | None = None, resume: str | Path | None = None,
           final: bool = True, quiet: bool = True, vectorized: bool = False, replicas: int | None = None,
-          runner: TrialRunner = run_trials) -> SweepResult:
+          seeds: int | None = None, runner: TrialRunner = run_trials) -> SweepResult:
     """Choose λ on evidence (grid, cv, optuna or halving); see docs/sweeps.md. Bad input raises UserError.
 
     `vectorized=True` trains the points of each grid, CV fold or halving rung at once as one stacked model (at
@@ -105,7 +107,7 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
         raise UserError(f"--replicas: needs --vectorized and a value of at least 1 (got {replicas})")
     given = {"strategy": strategy, "lambdas": lambdas, "modes": modes, "dropouts": dropouts, "folds": folds,
              "rule": rule, "metric": metric, "trials": trials, "storage": storage, "study": study, "eta": eta,
-             "min_epochs": min_epochs, "pruner": pruner, "no_zero": no_zero}
+             "min_epochs": min_epochs, "pruner": pruner, "no_zero": no_zero, "seeds": seeds}
     given = {k: v for k, v in given.items() if v is not None}
     stored: dict[str, Any] | None = None
     if resume is not None:
@@ -201,7 +203,7 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
     from decaylab.sweep.grid import run_grid
     from decaylab.sweep.halving import run_halving
     from decaylab.sweep.optuna_search import run_optuna
-    from decaylab.sweep.shared import prepare_shared
+    from decaylab.sweep.shared import prepare_seed_inits, prepare_shared
 
     say = _say_to_stderr(quiet)
     store.root.mkdir(parents=True, exist_ok=True)
@@ -213,11 +215,14 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
                        plan.record["data_fingerprint"], plan.folds)
     book = TrialBook(store)
     extra: dict[str, Any] = {}
+    seeds = [base.seed + i for i in range(spec.seeds)] if spec.seeds else None
+    if seeds:
+        prepare_seed_inits(store.shared, base, shared.tokenizer, seeds)
     if spec.strategy == "grid":
-        rows = run_grid(ctx, plan.points, book, workers, say, runner)
+        rows = run_grid(ctx, plan.points, book, workers, say, runner, seeds)
         table_rows = rows
     elif spec.strategy == "cv":
-        rows = run_cv(ctx, plan.points, book, workers, say, runner)
+        rows = run_cv(ctx, plan.points, book, workers, say, runner, seeds)
         table_rows = rows
     elif spec.strategy == "halving":
         table_rows, extra["halving"] = run_halving(ctx, plan.points, book, workers, say, base.train.epochs,
@@ -257,7 +262,8 @@ def _reusable(spec: SweepSpec, rows: list[dict[str, Any]], point: Point, base: C
     if spec.strategy == "cv":
         return None
     matches = [r for r in rows if (r["mode"], r["lambda"], r["dropout"]) == (point.mode, point.lam, point.dropout)
-               and r["status"] == "done" and (r.get("budget") is None or r["budget"] >= base.train.epochs)]
+               and r["status"] == "done" and (r.get("budget") is None or r["budget"] >= base.train.epochs)
+               and r.get("seed") in (None, base.seed)]  # a seed repeat's run is not the final model's
     if not matches:
         return None
     return min(matches, key=lambda r: r["best_val_loss"])["trial"]

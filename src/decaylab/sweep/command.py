@@ -33,6 +33,9 @@ def sweep(
     join: Annotated[bool, typer.Option("--join", help="optuna: work on an existing study as an extra worker "
                                        "(no final step).")] = False,
     pruner: Annotated[str | None, typer.Option(help="optuna: median, halving or none (default: median).")] = None,
+    seeds: Annotated[int | None, typer.Option(help="grid, cv: train every point (and fold) with this many seeds "
+                                              "(--seed, --seed+1, ...; the data order stays fixed) and report "
+                                              "mean ± SE over them.")] = None,
     workers: Annotated[int, typer.Option(help="Trials run in this many processes on this machine.")] = 1,
     vectorized: Annotated[bool, typer.Option("--vectorized", help="grid, cv, halving: train the points of each "
                                              "grid, fold or rung at once as one stacked model (fastest on a GPU; "
@@ -90,7 +93,7 @@ def sweep(
                            dropouts=dropout, folds=folds, rule=rule, metric=metric, trials=trials, storage=storage,
                            study=study, join=join, workers=workers, eta=eta, min_epochs=min_epochs, pruner=pruner,
                            no_zero=no_zero or None, output=output, resume=resume, final=not no_final, quiet=quiet,
-                           vectorized=vectorized, replicas=replicas)
+                           vectorized=vectorized, replicas=replicas, seeds=seeds)
     except KeyboardInterrupt:
         typer.echo(f"interrupted; continue with `decaylab sweep --resume {resume or output}`", err=True)
         raise SystemExit(130) from None

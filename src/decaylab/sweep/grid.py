@@ -16,6 +16,7 @@ Say = Callable[[str], None]
 def describe(row: dict[str, Any]) -> str:
     """One progress line for a finished trial."""
     where = f" fold {row['fold'] + 1}" if row.get("fold") is not None else ""
+    where += f" seed {row['seed']}" if row.get("seed") is not None else ""
     rung = f" rung {row['rung']}" if row.get("rung") is not None else ""
     if row.get("best_val_loss") is None:
         return f"{row['trial']}{where}{rung}: {row['status']}"
@@ -39,7 +40,13 @@ def run_jobs(ctx: TrialContext, jobs: Sequence[TrialJob], book: TrialBook, worke
     return [book.get(job.key, job.rung) for job in jobs]
 
 
+def seed_keys(seeds: list[int] | None) -> list[tuple[int | None, str]]:
+    """(seed, trial-name suffix) per repeat: one unnamed repeat with the base seed when `seeds` is None."""
+    return [(None, "")] if seeds is None else [(seed, f"-seed{seed}") for seed in seeds]
+
+
 def run_grid(ctx: TrialContext, points: list[Point], book: TrialBook, workers: int, say: Say,
-             runner: TrialRunner = run_trials) -> list[dict[str, Any]]:
-    """Train every point once on the training split; rows in grid order."""
-    return run_jobs(ctx, [TrialJob(point.key, point) for point in points], book, workers, say, runner)
+             runner: TrialRunner = run_trials, seeds: list[int] | None = None) -> list[dict[str, Any]]:
+    """Train every point (once per seed) on the training split; rows in grid order."""
+    jobs = [TrialJob(point.key + suffix, point, seed=seed) for point in points for seed, suffix in seed_keys(seeds)]
+    return run_jobs(ctx, jobs, book, workers, say, runner)

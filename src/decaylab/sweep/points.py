@@ -40,9 +40,15 @@ def grid_points(spec: SweepSpec, base: Config) -> list[Point]:
     return points
 
 
-def trial_config(base: Config, point: Point, swept_modes: list[str]) -> Config:
-    """The base config with the point's regularization and dropout; everything else untouched."""
+def trial_config(base: Config, point: Point, swept_modes: list[str], seed: int | None = None) -> Config:
+    """The base config with the point's regularization and dropout (and a repeat's seed); the rest untouched.
+
+    A seed repeat changes `seed` (initial weights, dropout) and keeps the base's data order (`data_seed`).
+    """
     raw = config_to_dict(base)
+    if seed is not None:
+        raw["data_seed"] = base.seed if base.data_seed is None else base.data_seed
+        raw["seed"] = seed
     reg = raw["regularization"]
     if point.mode == "none":
         # The baseline has no weight decay; it keeps the base L1 unless L1 itself is being swept.

@@ -8,7 +8,7 @@ worker processes and resumed sweeps load exactly the same ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,7 +33,37 @@ class Shared:
 
     splits: Splits
     tokenizer: Tokenizer
-    init: dict[str, torch.Tensor]
+    init: dict[str, torch.Tensor]  # drawn with the base seed
+    folder: Path | None = None
+    seed_inits: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def init_for(self, seed: int | None) -> dict[str, torch.Tensor]:
+        """The initial weights of a seed repeat (None: the base seed's), loaded once per process."""
+        if seed is None:
+            return self.init
+        if seed not in self.seed_inits:
+            assert self.folder is not None
+            path = self.folder / seed_init_name(seed)
+            if not path.is_file():
+                raise UserError(f"{path}: missing (the initial weights of seed {seed}); resume the sweep with "
+                                "`decaylab sweep --resume`, which draws them")
+            self.seed_inits[seed] = load_file(str(path))
+        return self.seed_inits[seed]
+
+
+def seed_init_name(seed: int) -> str:
+    """File name under shared/ of seed `seed`'s initial weights."""
+    return f"init-seed{seed}.safetensors"
+
+
+def prepare_seed_inits(folder: Path, base: Config, tokenizer: Tokenizer, seeds: list[int]) -> None:
+    """Draw each seed repeat's initial weights as a single run with that seed would (kept if they exist)."""
+    for seed in seeds:
+        path = folder / seed_init_name(seed)
+        if not path.is_file():
+            seed_everything(seed)
+            model = build_model(base.model, tokenizer.get_vocab_size())
+            atomic_write(path, lambda tmp, model=model: save_file(model_tensors(model), str(tmp)))
 
 
 _CACHE: dict[str, Shared] = {}  # per process: a worker loads the data and weights once, not once per trial
@@ -52,7 +82,7 @@ def prepare_shared(folder: Path, base: Config, splits: Splits) -> Shared:
         seed_everything(base.seed)  # the same draw a single run with this seed would make
         model = build_model(base.model, tokenizer.get_vocab_size())
         atomic_write(init_path, lambda tmp: save_file(model_tensors(model), str(tmp)))
-    shared = Shared(splits, tokenizer, load_file(str(init_path)))
+    shared = Shared(splits, tokenizer, load_file(str(init_path)), folder)
     _CACHE[str(folder.resolve())] = shared
     return shared
 
@@ -65,5 +95,5 @@ def load_shared(folder: Path, base: Config, fingerprint: str) -> Shared:
         if splits.fingerprint != fingerprint:
             raise UserError(f"{base.data.name}: the data changed since this sweep started (fingerprint "
                             f"{splits.fingerprint[:12]} != {fingerprint[:12]})")
-        _CACHE[key] = Shared(splits, load_tokenizer(folder / TOKENIZER), load_file(str(folder / INIT)))
+        _CACHE[key] = Shared(splits, load_tokenizer(folder / TOKENIZER), load_file(str(folder / INIT)), folder)
     return _CACHE[key]

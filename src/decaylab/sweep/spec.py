@@ -10,6 +10,7 @@ from typing import Any
 from decaylab.errors import UserError
 
 STRATEGIES = ("grid", "cv", "optuna", "halving")
+SEEDED_STRATEGIES = ("grid", "cv")  # those that can repeat every point with several seeds
 # `l1` is not a Regularization mode: it means mode none with l1 = λ (see points.trial_config).
 MODES = ("l2", "coupled", "decoupled", "l1")
 METRICS = ("loss", "bleu", "chrf")
@@ -109,6 +110,9 @@ class SweepSpec:
     eta: int | None = None
     min_epochs: int | None = None
     zero: bool = True
+    # grid and cv: train every point (and fold) with this many seeds (seed, seed+1, ...: initial weights and
+    # dropout; the data order stays the base seed's); None is one seed, the base config's
+    seeds: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for sweep.yaml."""
@@ -126,7 +130,7 @@ def build_spec(strategy: str = "grid", lambdas: str | Iterable[float] | None = N
                folds: int | None = None, rule: str = "min", metric: str = "loss", trials: int | None = None,
                eta: int | None = None, min_epochs: int | None = None, pruner: str | None = None,
                storage: str | None = None, study: str | None = None, join: bool = False, no_zero: bool = False,
-               default_mode: str = "decoupled") -> SweepSpec:
+               default_mode: str = "decoupled", seeds: int | None = None) -> SweepSpec:
     """Parse and check every sweep option; a bad one is a UserError naming the option and what is allowed."""
     strategy = parse_choices(strategy, STRATEGIES, "--strategy")[0] if strategy else "grid"
     rule = parse_choices(rule or "min", RULES, "--rule")[0]
@@ -143,6 +147,13 @@ def build_spec(strategy: str = "grid", lambdas: str | Iterable[float] | None = N
     spec = SweepSpec(strategy=strategy, lambdas=values,
                      modes=parse_choices(modes if modes is not None else default_mode, MODES, "--mode"),
                      dropouts=parse_dropouts(dropouts), rule=rule, metric=metric, zero=not no_zero)
+    if seeds is not None:
+        if strategy not in SEEDED_STRATEGIES:
+            raise UserError(f"--seeds: only applies to --strategy {' or '.join(SEEDED_STRATEGIES)} (this sweep is "
+                            f"--strategy {strategy}, which compares points after fewer epochs or one by one)")
+        if seeds < 1:
+            raise UserError(f"--seeds: must be at least 1 (got {seeds})")
+        spec.seeds = seeds if seeds > 1 else None
     if strategy == "cv":
         spec.folds = 5 if folds is None else folds
         if spec.folds < 2:

@@ -30,13 +30,14 @@ class StopTrial(Exception):
 
 @dataclass(frozen=True)
 class TrialJob:
-    """One unit of work: train `point` (on `fold`, up to epoch `budget`) into trials/`key`."""
+    """One unit of work: train `point` (on `fold`, with `seed`, up to epoch `budget`) into trials/`key`."""
 
     key: str
     point: Point
     fold: int | None = None
     budget: float | None = None  # stop at the first evaluation at or past this epoch (halving rungs)
     rung: int | None = None
+    seed: int | None = None  # a seed repeat (None: the base config's seed)
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def train_trial(ctx: TrialContext, job: TrialJob, monitor: Monitor | None = None
     if job.fold is not None:
         assert ctx.folds is not None
         splits = fold_splits(splits, ctx.folds[job.fold], job.fold, len(ctx.folds))
-    cfg = trial_config(base, job.point, ctx.modes)
+    cfg = trial_config(base, job.point, ctx.modes, job.seed)
     run = store.run_dir(job.key)
     paths = RunPaths(run)
     history = checkpointed_history(paths)
@@ -81,7 +82,7 @@ def train_trial(ctx: TrialContext, job: TrialJob, monitor: Monitor | None = None
     status = "done"
     if not _reached(history, job.budget, paths):
         trainer = Trainer(cfg, run, splits=splits, tokenizer=shared.tokenizer, resume=True, quiet=True,
-                          init_weights=shared.init, on_evaluate=on_evaluate)
+                          init_weights=shared.init_for(job.seed), on_evaluate=on_evaluate)
         try:
             trainer.fit()
         except StopTrial as stop:
@@ -115,7 +116,8 @@ def _reached(history: list[dict[str, Any]], budget: float | None, paths: RunPath
 
 def trial_row(job: TrialJob, history: list[dict[str, Any]], status: str, run: Path) -> dict[str, Any]:
     """The trials.jsonl line: the metrics of the best-val-loss evaluation (the checkpoint a final model keeps)."""
-    row: dict[str, Any] = {"trial": job.key, **job.point.to_dict(), "fold": job.fold, "rung": job.rung,
+    row: dict[str, Any] = {"trial": job.key, **job.point.to_dict(), "fold": job.fold, "seed": job.seed,
+                           "rung": job.rung,
                            "budget": job.budget, "epochs": None, "best_epoch": None, "best_val_loss": None,
                            "val_ppl": None, "bleu": None, "chrf": None, "gap": None, "train_loss": None, "wall_s": 0.0,
                            "status": status, "run": str(run)}

@@ -1,8 +1,9 @@
 """The vectorized trial runner: the jobs of a grid, CV fold or halving rung trained as stacked replicas.
 
 A drop-in `TrialRunner` (see `workers.py`): jobs that train on the same data from the same step (one fold, one
-rung) form one stack of at most `max_replicas` replicas, trained by `StackedTrainer` into the usual run
-folders, so rows, resumes, the report and the final model are the same as with the sequential runner.
+rung; seed repeats share the data order) form one stack of at most `max_replicas` replicas, trained by
+`StackedTrainer` into the usual run folders, so rows, resumes, the report and the final model are the same as
+with the sequential runner.
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ def vectorized_runner(max_replicas: int | None = None, quiet: bool = True) -> Tr
             if fold is not None:
                 assert ctx.folds is not None
                 splits = fold_splits(splits, ctx.folds[fold], fold, len(ctx.folds))
-            trainer = StackedTrainer([trial_config(base, job.point, ctx.modes) for job in stack],
+            trainer = StackedTrainer([trial_config(base, job.point, ctx.modes, job.seed) for job in stack],
                                      [store.run_dir(job.key) for job in stack], splits=splits,
-                                     tokenizer=shared.tokenizer, init_weights=shared.init,
+                                     tokenizer=shared.tokenizer,
+                                     init_weights=[shared.init_for(job.seed) for job in stack],
                                      budgets=[job.budget for job in stack], names=[job.key for job in stack],
                                      quiet=quiet)
             label = f"{stack[0].key}+{len(stack) - 1}@{trainer.active[0].progress['step'] if trainer.active else 0}"

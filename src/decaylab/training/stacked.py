@@ -50,6 +50,7 @@ from decaylab.training.schedule import lr_multiplier
 from decaylab.training.trainer import (
     KILL_ENV,
     bleu_sample,
+    data_seed,
     encode_run_data,
     epoch_groups,
     optimizer_kwargs,
@@ -59,16 +60,22 @@ from decaylab.training.trainer import (
 )
 
 # Settings that may differ between replicas; everything else must be equal (same data, batches and schedule).
-REPLICA_FIELDS = {"regularization": ("mode", "weight_decay", "l1", "decay_scaling"), "model": ("dropout",)}
+REPLICA_FIELDS = {"regularization": ("mode", "weight_decay", "l1", "decay_scaling"), "model": ("dropout",),
+                  "": ("seed",)}  # "" is the top level; the data order (`data_seed`) stays shared
 
 
 def shared_settings(config: Config) -> dict[str, Any]:
     """The config without the per-replica fields: replicas of one stack must agree on all of it."""
     raw = config_to_dict(config)
+    raw["data_seed"] = data_seed(config)
     for section, keys in REPLICA_FIELDS.items():
         for key in keys:
-            raw[section].pop(key, None)
+            (raw[section] if section else raw).pop(key, None)
     return raw
+
+
+def _parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 def replica_seed(seed: int, name: str) -> int:
@@ -101,7 +108,8 @@ class StackedTrainer:
     """Trains `configs` into `run_dirs` as one stacked model; `fit()` returns each replica's final status."""
 
     def __init__(self, configs: list[Config], run_dirs: list[Path], *, splits: Splits, tokenizer: Tokenizer,
-                 init_weights: dict[str, torch.Tensor] | None = None, budgets: list[float | None] | None = None,
+                 init_weights: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]] | None = None,
+                 budgets: list[float | None] | None = None,
                  names: list[str] | None = None, resume: bool = True, quiet: bool = True):
         if not configs or len(configs) != len(run_dirs):
             raise ValueError(f"{len(configs)} configs for {len(run_dirs)} run folders")
@@ -109,7 +117,8 @@ class StackedTrainer:
         for cfg in configs[1:]:
             if shared_settings(cfg) != reference:
                 raise ValueError("replicas of one stack may differ only in " + ", ".join(
-                    f"{s}.{k}" for s, keys in REPLICA_FIELDS.items() for k in keys))
+                    f"{s}.{k}" if s else k for s, keys in REPLICA_FIELDS.items() for k in keys)
+                    + " (a different seed needs a shared data_seed)")
         base = self.base = configs[0]
         cfg = base.train
         if cfg.threads:
@@ -119,16 +128,27 @@ class StackedTrainer:
         self.splits, self.tokenizer = splits, tokenizer
         self.train_data, _, self.valid_eval, self.train_eval = encode_run_data(base, tokenizer, splits)
 
-        seed_everything(base.seed)  # without init_weights, every replica starts from a single run's draw
-        self.template = build_model(base.model, tokenizer.get_vocab_size())
-        if init_weights is not None:
-            self.template.load_state_dict(init_weights, strict=False)
+        if isinstance(init_weights, list) and len(init_weights) != len(configs):
+            raise ValueError(f"{len(init_weights)} initial weight sets for {len(configs)} replicas")
+        self.template = self._draw(base.seed, init_weights if isinstance(init_weights, dict) else None)
         self.names = [name for name, _ in self.template.named_parameters()]
         self.n_params = count_parameters(self.template)
         names = names or [Path(d).name for d in run_dirs]
         budgets = budgets or [None] * len(configs)
         self.replicas = [self._replica(c, Path(d), n, b) for c, d, n, b in zip(configs, run_dirs, names, budgets,
                                                                                 strict=True)]
+        # Each replica starts where its independent run would: the given weights, else its own seed's draw
+        # (replicas that start alike share one copy).
+        drawn: dict[int, dict[str, torch.Tensor]] = {}
+        self.initial = {}
+        for i, replica in enumerate(self.replicas):
+            if isinstance(init_weights, list):
+                self.initial[replica.name] = _parameters(self._draw(replica.config.seed, init_weights[i]))
+            else:
+                seed = replica.config.seed if init_weights is None else base.seed
+                if seed not in drawn:
+                    drawn[seed] = _parameters(self.template if seed == base.seed else self._draw(seed, None))
+                self.initial[replica.name] = drawn[seed]
         plan = Regularization(**self.replicas[0].reg).plan(self.template)
         self.multiplier = {info.name: (info.multiplier if info.decayed else 0.0) for info in plan.params}
         self.total_steps = total_steps(base, self.train_data)
@@ -142,6 +162,14 @@ class StackedTrainer:
             self._build(states, sched_state, lr)
 
     # -- setup ---------------------------------------------------------------------------------------
+    def _draw(self, seed: int, weights: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+        """A `Seq2Seq` as a single run with `seed` builds it (then loaded with `weights`, if given)."""
+        seed_everything(seed)
+        model = build_model(self.base.model, self.tokenizer.get_vocab_size())
+        if weights is not None:
+            model.load_state_dict(weights, strict=False)
+        return model
+
     def _replica(self, config: Config, run_dir: Path, name: str, budget: float | None) -> Replica:
         try:
             reg = Regularization(**config.regularization.model_dump())
@@ -158,7 +186,6 @@ class StackedTrainer:
         weights: dict[str, dict[str, torch.Tensor]] = {}
         states: dict[str, dict[str, dict[str, torch.Tensor]]] = {}  # replica -> parameter -> optimizer slots
         sched_state, lr, step = None, None, None
-        initial = {name: p.detach().clone() for name, p in self.template.named_parameters()}
         for replica in self.replicas:
             paths = replica.paths
             paths.root.mkdir(parents=True, exist_ok=True)
@@ -184,7 +211,7 @@ class StackedTrainer:
                 states[replica.name] = _optimizer_state_by_name(state["optimizer"])
                 sched_state, lr = state["scheduler"], state["optimizer"]["param_groups"][0]["lr"]
             else:
-                weights[replica.name] = initial
+                weights[replica.name] = self.initial[replica.name]
                 replica.progress = {"step": 0, "epoch": 0, "batch": 0, "best_val_loss": math.inf, "best_step": -1,
                                     "bad_evals": 0, "wall_s": 0.0, "stopped_early": False}
                 write_run_header(paths, replica.config, self._meta(replica))
