@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU check, under 9 minutes on one H100/H200 (run it with timeout_s 600):
 #   1. the K = 8 vectorized-vs-sequential sweep ratio at three model sizes (issue 6 parts 3-4, goal >= 4x);
-#   2. training target tokens/s and MFU against the card's measured bf16 matmul peak (decaylab's Trainer step vs
-#      the seed-style loop, fp32 and bf16).
+#   2. the host syncs left in one Trainer step (torch's sync debug mode), then training target tokens/s and MFU
+#      against the card's measured bf16 matmul peak (decaylab's Trainer step vs the seed-style loop, fp32 and
+#      bf16).
 #
 #   bash benchmarks/gpu_check.sh            # writes $OUT_DIR (default benchmarks/results)/*_gpu.json + a summary
 #

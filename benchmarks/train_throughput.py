@@ -111,15 +111,18 @@ def baseline_step_fn(model: SeedSeq2Seq, lr: float, weight_decay: float) -> Call
 
 # -- lever switches on a Trainer ------------------------------------------------------------------------------
 def unfused_token_loss(self: nn.Module, hidden: torch.Tensor, tgt_out: torch.Tensor,
-                       label_smoothing: float = 0.0) -> torch.Tensor:
-    """decaylab's loss before the fused lever: non-pad rows projected, then F.cross_entropy on [N, V] logits."""
+                       label_smoothing: float = 0.0, target_index: torch.Tensor | None = None) -> torch.Tensor:
+    """decaylab's loss before the fused lever: non-pad rows projected, then F.cross_entropy on [N, V] logits.
+
+    (`target_index` is accepted and unused: the rows are selected by a mask, as before the lever.)
+    """
     keep = tgt_out != PAD_ID
     return F.cross_entropy(self.logits(hidden[keep]).float(), tgt_out[keep], reduction="sum",
                            label_smoothing=label_smoothing)
 
 
 def full_vocab_token_loss(self: nn.Module, hidden: torch.Tensor, tgt_out: torch.Tensor,
-                          label_smoothing: float = 0.0) -> torch.Tensor:
+                          label_smoothing: float = 0.0, target_index: torch.Tensor | None = None) -> torch.Tensor:
     """Neither lever: logits at every padded position, F.cross_entropy with ignore_index (the seed's way)."""
     logits = self.logits(hidden)
     return F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD_ID, reduction="sum",
