@@ -162,6 +162,11 @@ class Config(Section):
     regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
 
+    @property
+    def order_seed(self) -> int:
+        """The seed of the data order: `data_seed`, or `seed` when that is unset."""
+        return self.seed if self.data_seed is None else self.data_seed
+
 
 def _format_validation_error(error: ValidationError, origin: str) -> str:
     """One line per problem: the dotted field, what was wrong, what was given."""

@@ -12,7 +12,7 @@ from decaylab.evaluation.metrics import corpus_loss, perplexity, text_metrics
 from decaylab.files import atomic_write_json
 from decaylab.generation import translate
 from decaylab.training.load import load_trained
-from decaylab.training.trainer import data_seed, encode_pairs, eval_subset
+from decaylab.training.trainer import encode_pairs, eval_subset
 
 SPLITS = ("train", "valid", "test")
 
@@ -33,7 +33,7 @@ def evaluate_run(run_dir: Path, split: str = "test", beam: int | None = None, ch
         raise UserError(f"{run.config.data.name}: the {split} split is empty")
     precision = run.config.train.precision
     loss = corpus_loss(run.model, encode_pairs(run.tokenizer, pairs), run.device, precision=precision)
-    train_pairs = [splits.train[i] for i in eval_subset(len(splits.train), len(pairs), data_seed(run.config))]
+    train_pairs = [splits.train[i] for i in eval_subset(len(splits.train), len(pairs), run.config.order_seed)]
     train_loss = corpus_loss(run.model, encode_pairs(run.tokenizer, train_pairs), run.device, precision=precision)
     gen = run.config.generation
     beam = beam or gen.beam

@@ -47,7 +47,7 @@ def trial_config(base: Config, point: Point, swept_modes: list[str], seed: int |
     """
     raw = config_to_dict(base)
     if seed is not None:
-        raw["data_seed"] = base.seed if base.data_seed is None else base.data_seed
+        raw["data_seed"] = base.order_seed
         raw["seed"] = seed
     reg = raw["regularization"]
     if point.mode == "none":

@@ -61,9 +61,13 @@ def prepare_seed_inits(folder: Path, base: Config, tokenizer: Tokenizer, seeds: 
     for seed in seeds:
         path = folder / seed_init_name(seed)
         if not path.is_file():
-            seed_everything(seed)
-            model = build_model(base.model, tokenizer.get_vocab_size())
-            atomic_write(path, lambda tmp, model=model: save_file(model_tensors(model), str(tmp)))
+            _draw_init(path, base, tokenizer, seed)
+
+
+def _draw_init(path: Path, base: Config, tokenizer: Tokenizer, seed: int) -> None:
+    seed_everything(seed)  # the same draw a single run with this seed would make
+    model = build_model(base.model, tokenizer.get_vocab_size())
+    atomic_write(path, lambda tmp: save_file(model_tensors(model), str(tmp)))
 
 
 _CACHE: dict[str, Shared] = {}  # per process: a worker loads the data and weights once, not once per trial
@@ -79,9 +83,7 @@ def prepare_shared(folder: Path, base: Config, splits: Splits) -> Shared:
         atomic_write(tok_path, lambda tmp: tokenizer.save(str(tmp)))
     tokenizer = load_tokenizer(tok_path)
     if not init_path.is_file():
-        seed_everything(base.seed)  # the same draw a single run with this seed would make
-        model = build_model(base.model, tokenizer.get_vocab_size())
-        atomic_write(init_path, lambda tmp: save_file(model_tensors(model), str(tmp)))
+        _draw_init(init_path, base, tokenizer, base.seed)
     shared = Shared(splits, tokenizer, load_file(str(init_path)), folder)
     _CACHE[str(folder.resolve())] = shared
     return shared

@@ -75,7 +75,7 @@ def build_meta(config: Config, fingerprint: str, sizes: dict[str, int], origin: 
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": sys.argv,
         "seed": config.seed,
-        "data_seed": config.seed if config.data_seed is None else config.data_seed,
+        "data_seed": config.order_seed,
         "versions": versions(),
         "data": {"origin": origin, "fingerprint": fingerprint, "sizes": sizes},
         "host": {"node": platform.node(), "machine": platform.machine(), "system": platform.system(),

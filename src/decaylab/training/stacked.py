@@ -50,7 +50,6 @@ from decaylab.training.schedule import lr_multiplier
 from decaylab.training.trainer import (
     KILL_ENV,
     bleu_sample,
-    data_seed,
     encode_run_data,
     epoch_groups,
     optimizer_kwargs,
@@ -67,7 +66,7 @@ REPLICA_FIELDS = {"regularization": ("mode", "weight_decay", "l1", "decay_scalin
 def shared_settings(config: Config) -> dict[str, Any]:
     """The config without the per-replica fields: replicas of one stack must agree on all of it."""
     raw = config_to_dict(config)
-    raw["data_seed"] = data_seed(config)
+    raw["data_seed"] = config.order_seed
     for section, keys in REPLICA_FIELDS.items():
         for key in keys:
             (raw[section] if section else raw).pop(key, None)
@@ -139,16 +138,14 @@ class StackedTrainer:
                                                                                 strict=True)]
         # Each replica starts where its independent run would: the given weights, else its own seed's draw
         # (replicas that start alike share one copy).
-        drawn: dict[int, dict[str, torch.Tensor]] = {}
+        drawn: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
         self.initial = {}
         for i, replica in enumerate(self.replicas):
-            if isinstance(init_weights, list):
-                self.initial[replica.name] = _parameters(self._draw(replica.config.seed, init_weights[i]))
-            else:
-                seed = replica.config.seed if init_weights is None else base.seed
-                if seed not in drawn:
-                    drawn[seed] = _parameters(self.template if seed == base.seed else self._draw(seed, None))
-                self.initial[replica.name] = drawn[seed]
+            given = init_weights[i] if isinstance(init_weights, list) else init_weights
+            key = ("given", id(given)) if given is not None else ("seed", replica.config.seed)
+            if key not in drawn:
+                drawn[key] = _parameters(self._draw(replica.config.seed, given))
+            self.initial[replica.name] = drawn[key]
         plan = Regularization(**self.replicas[0].reg).plan(self.template)
         self.multiplier = {info.name: (info.multiplier if info.decayed else 0.0) for info in plan.params}
         self.total_steps = total_steps(base, self.train_data)

@@ -79,25 +79,20 @@ def eval_subset(n: int, limit: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), limit))
 
 
-def data_seed(config: Config) -> int:
-    """The seed of a run's data order: `data_seed`, or `seed` when that is unset."""
-    return config.seed if config.data_seed is None else config.data_seed
-
-
 def encode_run_data(config: Config, tokenizer: Tokenizer, splits: Splits
                     ) -> tuple[EncodedPairs, EncodedPairs, EncodedPairs, EncodedPairs]:
     """A run's encoded training and validation splits, and the fixed subsets each evaluation scores."""
     train, valid = encode_pairs(tokenizer, splits.train), encode_pairs(tokenizer, splits.valid)
     limit = config.train.max_eval_examples or len(valid)
-    return (train, valid, valid.subset(eval_subset(len(valid), limit, data_seed(config))),
-            train.subset(eval_subset(len(train), limit, data_seed(config))))
+    return (train, valid, valid.subset(eval_subset(len(valid), limit, config.order_seed)),
+            train.subset(eval_subset(len(train), limit, config.order_seed)))
 
 
 def epoch_groups(config: Config, train: EncodedPairs, epoch: int) -> list[list[int]]:
     """Example indices per batch of `epoch`: length-bucketed, in an order fixed by the data seed and the epoch."""
     cfg = config.train
     return bucket_batches(train.lengths, cfg.batch_tokens, cfg.max_batch_size,
-                          seed=data_seed(config) * 100_003 + epoch)
+                          seed=config.order_seed * 100_003 + epoch)
 
 
 def total_steps(config: Config, train: EncodedPairs) -> int:
