@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,9 @@ def test_seeds_through_the_cli(tmp_path: Path) -> None:
                                  "-o", str(out)], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     assert sorted(r["seed"] for r in read_jsonl(out / "trials.jsonl")) == [0, 0, 1, 1]
-    assert "2 settings × 2 seeds" in (out / "report.html").read_text(encoding="utf-8")
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "2 settings × 2 seeds" in page
+    assert re.search(r"<th[^>]*>seed</th>", page)  # the trials table's column
 
 
 def test_a_seeded_sweep_resumes_with_its_own_seeds(tmp_path: Path) -> None:
