@@ -212,7 +212,8 @@ def table(rows: list[dict[str, Any]], columns: list[Column]) -> dict[str, Any]:
 
 TRIAL_COLUMNS = [Column("trial", "trial", None, False), Column("mode", "mode", None, False),
                  Column("lambda", "λ", 0), Column("dropout", "dropout", 0), Column("fold", "fold", None),
-                 Column("seed", "seed", None), Column("rung", "rung", None), Column("epochs", "epochs", 0), Column("best_epoch", "best epoch", 0),
+                 Column("seed", "seed", None), Column("rung", "rung", None), Column("epochs", "epochs", 0),
+                 Column("best_epoch", "best epoch", 0),
                  Column("best_val_loss", "best val loss"), Column("val_ppl", "val ppl", 2),
                  Column("bleu", "BLEU", 2), Column("chrf", "chrF", 2), Column("gap", "gap"),
                  Column("wall_s", "wall s", 1), Column("status", "status", None, False)]
