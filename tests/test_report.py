@@ -158,6 +158,17 @@ def test_run_report_through_the_cli(tiny_sweep: Path, cli) -> None:
                                                                   "weight_norms.png"]
 
 
+def test_a_rerun_removes_the_figures_it_no_longer_draws(tiny_sweep: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_sweep / "trials" / "decoupled-0.1-p0.1-fold1", run)
+    (run / "plots").mkdir(exist_ok=True)
+    (run / "plots" / "u_curve.png").write_bytes(b"stale")  # a sweep figure: a run report never draws it
+    (run / "plots" / "mine.png").write_bytes(b"user")  # not a report figure: kept
+    write_report(run, samples=1)
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["layer_norms.png", "learning_curves.png",
+                                                                  "mine.png", "weight_norms.png"]
+
+
 def test_unfinished_sweep_still_renders(tiny_sweep: Path, tmp_path: Path) -> None:
     partial = tmp_path / "partial"
     shutil.copytree(tiny_sweep, partial, ignore=shutil.ignore_patterns("final", "summary.json", "report.html",

@@ -18,6 +18,8 @@ from decaylab.report.samples import Samples, translate_samples
 PNG_DPI = 130
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
+# Every figure a report can draw; a re-run removes those of this list it no longer draws (never other files).
+FIGURE_NAMES = ("u_curve", "learning_curves", "weight_norms", "layer_norms", "gap")
 SUMMARY_LABELS = {"compute_s": "training compute, s (trials + final)", "wall_s": "sweep wall time, s",
                   "trials": "trial rows", "engine": "training engine (sequential runs or stacked replicas)"}
 
@@ -31,6 +33,7 @@ class Figures:
 
     def add(self, name: str, figure: Any, title: str, caption: str) -> None:
         """Render `figure` to PNG, write it under plots/ and keep it for the page."""
+        assert name in FIGURE_NAMES, name
         data = plots.to_png(figure, PNG_DPI)
         atomic_write(self.folder / PLOTS_DIR / f"{name}.png", lambda tmp: tmp.write_bytes(data))
         self.items[name] = {"name": name, "title": title, "caption": caption, "file": f"{PLOTS_DIR}/{name}.png",
@@ -173,4 +176,6 @@ def write_report(path: Path, samples: int = 5) -> Path:
                 build_s=time.perf_counter() - started)
     target = root / REPORT_FILE
     atomic_write_text(target, render_html(page))
+    for name in set(FIGURE_NAMES) - set(figures.items):  # a figure an earlier report drew and this one does not
+        (root / PLOTS_DIR / f"{name}.png").unlink(missing_ok=True)
     return target
