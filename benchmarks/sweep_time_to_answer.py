@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 # This measures how long a user's sweep takes, so it keeps OpenMP's own default (active waiting) unless told
 # otherwise; `common` would set PASSIVE, which the kernel-level benchmarks need on a loaded machine but which made
-# these small-model runs 1.4x slower on an idle one (docs/benchmarks.md §3b).
+# this sweep 1.9x slower on an idle one (docs/benchmarks.md §3b).
 os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 import common  # noqa: E402  (shared machine description)
 
