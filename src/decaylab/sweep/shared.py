@@ -35,11 +35,12 @@ class Shared:
     tokenizer: Tokenizer
     init: dict[str, torch.Tensor]  # drawn with the base seed
     folder: Path | None = None
+    base_seed: int | None = None
     seed_inits: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def init_for(self, seed: int | None) -> dict[str, torch.Tensor]:
-        """The initial weights of a seed repeat (None: the base seed's), loaded once per process."""
-        if seed is None:
+        """The initial weights of a seed repeat (None or the base seed: `init`), loaded once per process."""
+        if seed is None or seed == self.base_seed:
             return self.init
         if seed not in self.seed_inits:
             assert self.folder is not None
@@ -57,10 +58,11 @@ def seed_init_name(seed: int) -> str:
 
 
 def prepare_seed_inits(folder: Path, base: Config, tokenizer: Tokenizer, seeds: list[int]) -> None:
-    """Draw each seed repeat's initial weights as a single run with that seed would (kept if they exist)."""
+    """Draw each seed repeat's initial weights as a single run with that seed would (kept if they exist); the
+    base seed's are `init.safetensors` already."""
     for seed in seeds:
         path = folder / seed_init_name(seed)
-        if not path.is_file():
+        if seed != base.seed and not path.is_file():
             _draw_init(path, base, tokenizer, seed)
 
 
@@ -84,7 +86,7 @@ def prepare_shared(folder: Path, base: Config, splits: Splits) -> Shared:
     tokenizer = load_tokenizer(tok_path)
     if not init_path.is_file():
         _draw_init(init_path, base, tokenizer, base.seed)
-    shared = Shared(splits, tokenizer, load_file(str(init_path)), folder)
+    shared = Shared(splits, tokenizer, load_file(str(init_path)), folder, base.seed)
     _CACHE[str(folder.resolve())] = shared
     return shared
 
@@ -97,5 +99,6 @@ def load_shared(folder: Path, base: Config, fingerprint: str) -> Shared:
         if splits.fingerprint != fingerprint:
             raise UserError(f"{base.data.name}: the data changed since this sweep started (fingerprint "
                             f"{splits.fingerprint[:12]} != {fingerprint[:12]})")
-        _CACHE[key] = Shared(splits, load_tokenizer(folder / TOKENIZER), load_file(str(folder / INIT)), folder)
+        _CACHE[key] = Shared(splits, load_tokenizer(folder / TOKENIZER), load_file(str(folder / INIT)), folder,
+                             base.seed)
     return _CACHE[key]
