@@ -129,23 +129,26 @@ class StackedTrainer:
 
         if isinstance(init_weights, list) and len(init_weights) != len(configs):
             raise ValueError(f"{len(init_weights)} initial weight sets for {len(configs)} replicas")
-        self.template = self._draw(base.seed, init_weights if isinstance(init_weights, dict) else None)
+        # Each replica starts where its independent run would: the given weights, else its own seed's draw.
+        # Replicas that start alike share one model; the first replica's serves as the template (names, decay
+        # plan, optimizer groups).
+        models: dict[tuple[str, int], torch.nn.Module] = {}
+        starts = []
+        for i, config in enumerate(configs):
+            given = init_weights[i] if isinstance(init_weights, list) else init_weights
+            key = ("given", id(given)) if given is not None else ("seed", config.seed)
+            if key not in models:
+                models[key] = self._draw(config.seed, given)
+            starts.append(key)
+        self.template = models[starts[0]]
         self.names = [name for name, _ in self.template.named_parameters()]
         self.n_params = count_parameters(self.template)
         names = names or [Path(d).name for d in run_dirs]
         budgets = budgets or [None] * len(configs)
         self.replicas = [self._replica(c, Path(d), n, b) for c, d, n, b in zip(configs, run_dirs, names, budgets,
                                                                                 strict=True)]
-        # Each replica starts where its independent run would: the given weights, else its own seed's draw
-        # (replicas that start alike share one copy).
-        drawn: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
-        self.initial = {}
-        for i, replica in enumerate(self.replicas):
-            given = init_weights[i] if isinstance(init_weights, list) else init_weights
-            key = ("given", id(given)) if given is not None else ("seed", replica.config.seed)
-            if key not in drawn:
-                drawn[key] = _parameters(self._draw(replica.config.seed, given))
-            self.initial[replica.name] = drawn[key]
+        initial = {key: _parameters(model) for key, model in models.items()}
+        self.initial = {replica.name: initial[key] for replica, key in zip(self.replicas, starts, strict=True)}
         plan = Regularization(**self.replicas[0].reg).plan(self.template)
         self.multiplier = {info.name: (info.multiplier if info.decayed else 0.0) for info in plan.params}
         self.total_steps = total_steps(base, self.train_data)
