@@ -1,10 +1,11 @@
 """The seed's recurrent encoder-decoder, done right.
 
-Encoder: embedding -> (bi)GRU/LSTM over the packed source. Decoder: embedding of the target shifted right
-(teacher forcing, never the source) -> GRU/LSTM initialised from the encoder's final state -> global
-attention over the encoder outputs (Luong et al. 2015: dot, general, or Bahdanau's additive score) ->
-attentional state tanh(W[c; h]) -> dropout -> output projection (optionally tied to the target embedding).
-Attention follows the recurrent step, so the decoder RNN runs over the whole target in one call.
+Encoder: embedding -> (bi)GRU/LSTM over the source as if packed (on a CPU, padded with pad steps made exact
+no-ops: models/padded_rnn.py). Decoder: embedding of the target shifted right (teacher forcing, never the
+source) -> GRU/LSTM initialised from the encoder's final state -> global attention over the encoder outputs
+(Luong et al. 2015: dot, general, or Bahdanau's additive score) -> attentional state tanh(W[c; h]) ->
+dropout -> output projection (optionally tied to the target embedding). Attention follows the recurrent
+step, so the decoder RNN runs over the whole target in one call.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from decaylab.config import ModelConfig
 from decaylab.data.tokenizer import PAD_ID
 from decaylab.models.fused_loss import linear_cross_entropy
+from decaylab.models.padded_rnn import run_padded
 
 RNNState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -135,12 +137,16 @@ class Seq2Seq(nn.Module):
     def encode(self, src: torch.Tensor, src_len: torch.Tensor) -> Memory:
         """Run the encoder over padded sources and build the decoder's memory and initial state."""
         embedded = self.dropout(self.src_embed(src))
-        outputs, final = self.encoder(pack_sources(embedded, src_len.cpu()))
-        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
-        state = _map_state(final, self._bridge)
-        keys = self.attention.keys(outputs) if self.cfg.attention != "none" else outputs
         lengths = src_len.to(src.device, non_blocking=True)
         mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < lengths.unsqueeze(1)
+        if src.device.type == "cpu":
+            # the same result as the packed run, through oneDNN's fused kernel (models/padded_rnn.py)
+            outputs, final = run_padded(self.encoder, embedded, lengths, mask)
+        else:  # cuDNN runs packed sequences natively
+            outputs, final = self.encoder(pack_sources(embedded, src_len.cpu()))
+            outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
+        state = _map_state(final, self._bridge)
+        keys = self.attention.keys(outputs) if self.cfg.attention != "none" else outputs
         return Memory(outputs, mask, state, keys)
 
     def _bridge(self, final: torch.Tensor) -> torch.Tensor:
