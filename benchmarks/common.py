@@ -9,8 +9,13 @@ import os
 
 # On a shared 2-core machine an OpenMP thread that spin-waits for a descheduled peer stalls the whole parallel
 # region: with other processes busy we measured single LSTM/GRU calls 10-80x slower under the default (active)
-# policy and normal under PASSIVE. It applies to baseline and ours alike; an explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# policy and normal under PASSIVE. It applies to baseline and ours alike; an explicit setting wins, and
+# OMP_WAIT_POLICY=default leaves the variable unset: the OpenMP runtime's own default, what `decaylab train` gets.
+if os.environ.get("OMP_WAIT_POLICY", "").lower() == "default":
+    del os.environ["OMP_WAIT_POLICY"]
+    OMP_WAIT_POLICY = "unset (the OpenMP runtime's default)"
+else:
+    OMP_WAIT_POLICY = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -58,7 +63,7 @@ def machine_info(device: torch.device, threads: int, load_before: float | None) 
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "omp_wait_policy": OMP_WAIT_POLICY,
         # other work on a shared machine slows both sides; the load says how busy it was
         "loadavg_1min_before_after": [load_before, loadavg()],
     }

@@ -233,6 +233,8 @@ def build_rows(args: argparse.Namespace, names: list[str], workdir: Path) -> tup
         return Row(name, lambda b: trainer._train_step(b)[0].item(), bucketed, trainer.model, trainer)
 
     rows: dict[str, Row] = {}
+    torch.manual_seed(cfg.seed)
+    dropout_start = get_rng(device)  # every row draws its dropout masks from here, so they are the same masks
     for name in names:
         torch.manual_seed(cfg.seed)
         if name == "baseline":
@@ -270,7 +272,7 @@ def build_rows(args: argparse.Namespace, names: list[str], workdir: Path) -> tup
             rows[name] = trainer_row(name, "model.cell=gru")
         else:
             raise SystemExit(f"--rows: unknown row {name!r} (choose from {', '.join(ALL_ROWS)})")
-        rows[name].rng = get_rng(device)
+        rows[name].rng = dropout_start
     return rows, base
 
 
