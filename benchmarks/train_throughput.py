@@ -34,14 +34,12 @@ import common  # sets the OpenMP wait policy; must come before torch
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pad_packed_sequence
 from torch.profiler import ProfilerActivity, profile
 
 from decaylab.config import Config, ModelConfig, load_config
 from decaylab.data.batching import Batch, collate
 from decaylab.data.tokenizer import PAD_ID
 from decaylab.evaluation.metrics import corpus_loss
-from decaylab.models.rnn import Memory, _map_state, pack_sources
 from decaylab.training.trainer import Trainer
 
 NAME = "train_throughput"
@@ -134,14 +132,9 @@ def full_vocab_token_loss(self: nn.Module, hidden: torch.Tensor, tgt_out: torch.
                            label_smoothing=label_smoothing)
 
 
-def packed_encode(self: nn.Module, src: torch.Tensor, src_len: torch.Tensor) -> Memory:
-    """decaylab's encoder before the padded lever: torch's packed run (a per-time-step loop on a CPU)."""
-    embedded = self.dropout(self.src_embed(src))
-    outputs, final = self.encoder(pack_sources(embedded, src_len.cpu()))
-    outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
-    keys = self.attention.keys(outputs) if self.cfg.attention != "none" else outputs
-    mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < src_len.to(src.device).unsqueeze(1)
-    return Memory(outputs, mask, _map_state(final, self._bridge), keys)
+def use_packed_encoder(model: nn.Module) -> None:
+    """Run `model`'s encoder as before the padded lever: torch's packed run (a per-time-step loop on a CPU)."""
+    model.run_encoder = lambda embedded, lengths, mask: model.run_encoder_packed(embedded, lengths)
 
 
 def unfuse_optimizer(trainer: Trainer) -> None:
@@ -250,7 +243,7 @@ def build_rows(args: argparse.Namespace, names: list[str], workdir: Path) -> tup
             rows[name] = row
         elif name in ("ours_packed_encoder", "ours_packed_encoder_bf16"):
             row = trainer_row(name, *(["train.precision=bf16"] if name.endswith("bf16") else []))
-            row.model.encode = types.MethodType(packed_encode, row.model)
+            use_packed_encoder(row.model)
             rows[name] = row
         elif name == "ours_unfused_adamw":
             row = trainer_row(name)

@@ -11,7 +11,6 @@ from decaylab.config import ModelConfig
 from decaylab.data.batching import collate
 from decaylab.models import build_model
 from decaylab.models.padded_rnn import run_padded
-from decaylab.models.rnn import pack_sources
 
 LENGTHS = torch.tensor([9, 3, 5, 1, 9, 7, 2, 3])
 
@@ -81,8 +80,7 @@ def test_model_encoder_on_cpu_equals_the_packed_encoder(cell: str) -> None:
     model = build_model(ModelConfig(preset="tiny", cell=cell, dropout=0.0), 40)
     b = collate([[5, 6, 7, 2], [8, 2], [9, 10, 11, 12, 13, 2], [3, 2]], [[5, 2], [6, 7, 2], [8, 2], [9, 2]])
     memory = model.encode(b.src, b.src_len)
-    packed, final = model.encoder(pack_sources(model.src_embed(b.src), b.src_len))
-    outputs, _ = pad_packed_sequence(packed, batch_first=True, total_length=b.src.size(1))
+    outputs, final = model.run_encoder_packed(model.src_embed(b.src), b.src_len)
     torch.testing.assert_close(memory.outputs, outputs, rtol=0, atol=1e-6)
     for ours, theirs in zip(as_tuple(memory.state), as_tuple(final), strict=True):
         torch.testing.assert_close(ours, model._bridge(theirs), rtol=0, atol=1e-6)

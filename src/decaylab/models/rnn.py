@@ -139,15 +139,24 @@ class Seq2Seq(nn.Module):
         embedded = self.dropout(self.src_embed(src))
         lengths = src_len.to(src.device, non_blocking=True)
         mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < lengths.unsqueeze(1)
-        if src.device.type == "cpu":
-            # the same result as the packed run, through oneDNN's fused kernel (models/padded_rnn.py)
-            outputs, final = run_padded(self.encoder, embedded, lengths, mask)
-        else:  # cuDNN runs packed sequences natively
-            outputs, final = self.encoder(pack_sources(embedded, src_len.cpu()))
-            outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=src.size(1))
+        outputs, final = self.run_encoder(embedded, lengths, mask)
         state = _map_state(final, self._bridge)
         keys = self.attention.keys(outputs) if self.cfg.attention != "none" else outputs
         return Memory(outputs, mask, state, keys)
+
+    def run_encoder(self, embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, RNNState]:
+        """The encoder RNN over padded embeddings as if packed: outputs [B, S, H] (zero at pads), final state."""
+        if embedded.device.type == "cpu":
+            # the packed run's result through oneDNN's fused kernel (models/padded_rnn.py)
+            return run_padded(self.encoder, embedded, lengths, mask)
+        return self.run_encoder_packed(embedded, lengths)  # cuDNN runs packed sequences natively
+
+    def run_encoder_packed(self, embedded: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, RNNState]:
+        """The encoder RNN over packed sources (on a CPU, torch runs these as a per-time-step loop)."""
+        outputs, final = self.encoder(pack_sources(embedded, lengths.cpu()))
+        outputs, _ = pad_packed_sequence(outputs, batch_first=True, total_length=embedded.size(1))
+        return outputs, final
 
     def _bridge(self, final: torch.Tensor) -> torch.Tensor:
         """Encoder final state [layers*dirs, B, h] -> decoder initial state [layers, B, H] (directions joined)."""
