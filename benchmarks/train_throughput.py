@@ -134,7 +134,7 @@ def full_vocab_token_loss(self: nn.Module, hidden: torch.Tensor, tgt_out: torch.
 
 def use_packed_encoder(model: nn.Module) -> None:
     """Run `model`'s encoder as before the padded lever: torch's packed run (a per-time-step loop on a CPU)."""
-    model.run_encoder = lambda embedded, lengths, mask: model.run_encoder_packed(embedded, lengths)
+    model.run_encoder = model.run_encoder_packed
 
 
 def unfuse_optimizer(trainer: Trainer) -> None:

@@ -1,7 +1,7 @@
 """The seed's recurrent encoder-decoder, done right.
 
-Encoder: embedding -> (bi)GRU/LSTM over the source as if packed (on a CPU, padded with pad steps made exact
-no-ops: models/padded_rnn.py). Decoder: embedding of the target shifted right (teacher forcing, never the
+Encoder: embedding -> (bi)GRU/LSTM over the source as if packed (a CPU LSTM runs padded with pad steps made
+exact no-ops: models/padded_rnn.py). Decoder: embedding of the target shifted right (teacher forcing, never the
 source) -> GRU/LSTM initialised from the encoder's final state -> global attention over the encoder outputs
 (Luong et al. 2015: dot, general, or Bahdanau's additive score) -> attentional state tanh(W[c; h]) ->
 dropout -> output projection (optionally tied to the target embedding). Attention follows the recurrent
@@ -139,17 +139,16 @@ class Seq2Seq(nn.Module):
         embedded = self.dropout(self.src_embed(src))
         lengths = src_len.to(src.device, non_blocking=True)
         mask = torch.arange(src.size(1), device=src.device).unsqueeze(0) < lengths.unsqueeze(1)
-        outputs, final = self.run_encoder(embedded, lengths, mask)
+        outputs, final = self.run_encoder(embedded, lengths)
         state = _map_state(final, self._bridge)
         keys = self.attention.keys(outputs) if self.cfg.attention != "none" else outputs
         return Memory(outputs, mask, state, keys)
 
-    def run_encoder(self, embedded: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor
-                    ) -> tuple[torch.Tensor, RNNState]:
+    def run_encoder(self, embedded: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, RNNState]:
         """The encoder RNN over padded embeddings as if packed: outputs [B, S, H] (zero at pads), final state."""
-        if embedded.device.type == "cpu":
-            # the packed run's result through oneDNN's fused kernel (models/padded_rnn.py)
-            return run_padded(self.encoder, embedded, lengths, mask)
+        if embedded.device.type == "cpu" and self.cfg.cell == "lstm":
+            # the packed run's result through oneDNN's fused LSTM kernel (models/padded_rnn.py)
+            return run_padded(self.encoder, embedded, lengths)
         return self.run_encoder_packed(embedded, lengths)  # cuDNN runs packed sequences natively
 
     def run_encoder_packed(self, embedded: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, RNNState]:
