@@ -46,7 +46,8 @@ NAME = "train_throughput"
 WARMUP_STEPS = 2
 GOAL = 2.0
 ALL_ROWS = ("baseline", "ours", "ours_no_bucketing", "ours_packed_encoder", "ours_unfused_adamw", "ours_unfused_ce",
-            "ours_full_vocab_logits", "ours_bf16", "ours_packed_encoder_bf16", "ours_compile", "ours_gru")
+            "ours_full_vocab_logits", "ours_sdpa_attention", "ours_bf16", "ours_packed_encoder_bf16", "ours_compile",
+            "ours_gru")
 DESCRIPTIONS = {
     "baseline": "seed-style: nn.LSTM enc-dec, random padded batches, logits on pads, Adam(weight_decay), fp32",
     "ours": "decaylab Trainer step, cell lstm, fp32 (default settings)",
@@ -55,6 +56,7 @@ DESCRIPTIONS = {
     "ours_unfused_adamw": "ours, but torch's default single-tensor AdamW instead of fused",
     "ours_unfused_ce": "ours, but F.cross_entropy on [N, V] logits of the non-pad rows (no fused chunked loss)",
     "ours_full_vocab_logits": "ours, but logits at every padded position + F.cross_entropy (neither output lever)",
+    "ours_sdpa_attention": "ours, but attention through F.scaled_dot_product_attention (fused masked attention)",
     "ours_bf16": "ours + train.precision=bf16 (autocast)",
     "ours_packed_encoder_bf16": "ours + bf16, but torch's packed encoder",
     "ours_compile": "ours + train.compile=true (torch.compile, dynamic shapes)",
@@ -130,6 +132,15 @@ def full_vocab_token_loss(self: nn.Module, hidden: torch.Tensor, tgt_out: torch.
     logits = self.logits(hidden)
     return F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD_ID, reduction="sum",
                            label_smoothing=label_smoothing)
+
+
+def sdpa_attention(self: nn.Module, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+    """Luong dot/general attention as one `F.scaled_dot_product_attention` call (unscaled scores, boolean mask).
+
+    Training and loss evaluation only: one query row per source (beam search's grouped rows are not handled).
+    """
+    return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask.unsqueeze(1), scale=1.0)
 
 
 def use_packed_encoder(model: nn.Module) -> None:
@@ -244,6 +255,10 @@ def build_rows(args: argparse.Namespace, names: list[str], workdir: Path) -> tup
         elif name in ("ours_packed_encoder", "ours_packed_encoder_bf16"):
             row = trainer_row(name, *(["train.precision=bf16"] if name.endswith("bf16") else []))
             use_packed_encoder(row.model)
+            rows[name] = row
+        elif name == "ours_sdpa_attention":
+            row = trainer_row(name)
+            row.model.attention.forward = types.MethodType(sdpa_attention, row.model.attention)
             rows[name] = row
         elif name == "ours_unfused_adamw":
             row = trainer_row(name)
@@ -463,7 +478,7 @@ def main() -> None:
         # Loss parity after the same steps on the same batches from the same initial weights.
         parity: dict[str, Any] = {}
         val = base.valid_eval
-        for name in ("ours", "ours_packed_encoder", "ours_bf16", "ours_compile"):
+        for name in ("ours", "ours_packed_encoder", "ours_sdpa_attention", "ours_bf16", "ours_compile"):
             if name in rows:
                 parity[name] = corpus_loss(rows[name].model, val, device, precision="fp32")
         if "ours_packed_encoder" in parity:  # the padded encoder computes the packed run's function
