@@ -47,7 +47,7 @@ WARMUP_STEPS = 2
 GOAL = 2.0
 ALL_ROWS = ("baseline", "ours", "ours_no_bucketing", "ours_packed_encoder", "ours_unfused_adamw", "ours_unfused_ce",
             "ours_full_vocab_logits", "ours_sdpa_attention", "ours_bf16", "ours_packed_encoder_bf16", "ours_compile",
-            "ours_gru")
+            "ours_gru", "ours_adaptive_softmax")
 DESCRIPTIONS = {
     "baseline": "seed-style: nn.LSTM enc-dec, random padded batches, logits on pads, Adam(weight_decay), fp32",
     "ours": "decaylab Trainer step, cell lstm, fp32 (default settings)",
@@ -61,6 +61,7 @@ DESCRIPTIONS = {
     "ours_packed_encoder_bf16": "ours + bf16, but torch's packed encoder",
     "ours_compile": "ours + train.compile=true (torch.compile, dynamic shapes)",
     "ours_gru": "ours with model.cell=gru",
+    "ours_adaptive_softmax": "ours with model.output=adaptive (untied; a different model: no parity, no MFU)",
 }
 
 
@@ -278,6 +279,8 @@ def build_rows(args: argparse.Namespace, names: list[str], workdir: Path) -> tup
             rows[name] = trainer_row(name, "train.compile=true")
         elif name == "ours_gru":
             rows[name] = trainer_row(name, "model.cell=gru")
+        elif name == "ours_adaptive_softmax":
+            rows[name] = trainer_row(name, "model.output=adaptive", "model.tie_embeddings=false")
         else:
             raise SystemExit(f"--rows: unknown row {name!r} (choose from {', '.join(ALL_ROWS)})")
         rows[name].rng = dropout_start
@@ -458,6 +461,9 @@ def main() -> None:
             results[name]["mfu_vs_bf16_peak"] = common.median(achieved) / peak["bf16"]
             # MFU against the peak of the precision the row computes in
             results[name]["mfu"] = results[name]["mfu_vs_bf16_peak" if name.endswith("bf16") else "mfu_vs_fp32_peak"]
+            if name == "ours_adaptive_softmax":  # the analytic FLOPs are the full softmax's: no MFU for this model
+                for key in ("useful_gflops_per_s", "mfu_vs_fp32_peak", "mfu_vs_bf16_peak", "mfu"):
+                    results[name][key] = None
         base_rate = results["baseline"]["target_tokens_per_s"]
         for name in rows:
             # ratio within each repetition (same load), then the median: robust to drift between repetitions
@@ -478,7 +484,8 @@ def main() -> None:
         # Loss parity after the same steps on the same batches from the same initial weights.
         parity: dict[str, Any] = {}
         val = base.valid_eval
-        for name in ("ours", "ours_packed_encoder", "ours_sdpa_attention", "ours_bf16", "ours_compile"):
+        for name in ("ours", "ours_packed_encoder", "ours_sdpa_attention", "ours_bf16", "ours_compile",
+                     "ours_adaptive_softmax"):  # the last is another model: its loss is reported, not compared
             if name in rows:
                 parity[name] = corpus_loss(rows[name].model, val, device, precision="fp32")
         if "ours_packed_encoder" in parity:  # the padded encoder computes the packed run's function
@@ -532,8 +539,8 @@ def main() -> None:
     path = common.write_result(NAME, result, args.out)
     print(f"{'row':<24}{'tok/s':>10}{'x base':>9}{'MFU':>8}  description (MFU vs the row's precision's peak)")
     for name, r in results.items():
-        print(f"{name:<24}{r['target_tokens_per_s']:>10.0f}{r['ratio_vs_baseline']:>9.2f}"
-              f"{r['mfu']:>8.1%}  {r['description']}")
+        mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%}"
+        print(f"{name:<24}{r['target_tokens_per_s']:>10.0f}{r['ratio_vs_baseline']:>9.2f}{mfu:>8}  {r['description']}")
     if parity:
         print("val loss after the same steps:", {k: round(v, 4) if isinstance(v, float) else v
                                                   for k, v in parity.items()})

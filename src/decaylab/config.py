@@ -79,6 +79,24 @@ class ModelConfig(Section):
     attention: Literal["dot", "general", "additive", "none"] = "general"
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     tie_embeddings: bool = True
+    output: Literal["full", "adaptive"] = Field(
+        "full", description="output layer: the full softmax, or an adaptive softmax over frequency-ranked tokens "
+                            "(nn.AdaptiveLogSoftmaxWithLoss; exactly normalized, cheaper; needs tie_embeddings=false)")
+    adaptive_cutoffs: list[int] | None = Field(
+        None, description="frequency ranks where the adaptive softmax's clusters start (default: V/4 and V/2)")
+
+    @model_validator(mode="after")
+    def _adaptive_output_is_untied(self) -> ModelConfig:
+        if self.output == "adaptive" and self.tie_embeddings:
+            raise ValueError("model.output=adaptive has its own output projections and cannot be tied to the target "
+                             "embedding: set model.tie_embeddings=false")
+        cutoffs = self.adaptive_cutoffs
+        if cutoffs is not None:
+            if self.output != "adaptive":
+                raise ValueError("model.adaptive_cutoffs is only used with model.output=adaptive")
+            if not cutoffs or cutoffs[0] < 1 or any(b <= a for a, b in zip(cutoffs, cutoffs[1:], strict=False)):
+                raise ValueError(f"model.adaptive_cutoffs must be increasing positive ranks (got {cutoffs})")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -161,6 +179,13 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+    @model_validator(mode="after")
+    def _adaptive_output_without_label_smoothing(self) -> Config:
+        if self.model.output == "adaptive" and self.train.label_smoothing:
+            raise ValueError("train.label_smoothing needs the full distribution at every target; it is not "
+                             "supported with model.output=adaptive (use 0)")
+        return self
 
     @property
     def order_seed(self) -> int:

@@ -123,7 +123,14 @@ class Seq2Seq(nn.Module):
             self.combine = nn.Linear(2 * cfg.hidden, cfg.hidden, bias=False)
         self.bottleneck = (nn.Linear(cfg.hidden, cfg.embed_dim, bias=False)
                            if cfg.tie_embeddings and cfg.embed_dim != cfg.hidden else None)
-        self.output = nn.Linear(cfg.embed_dim if self.bottleneck is not None else cfg.hidden, vocab_size)
+        if cfg.output == "adaptive":
+            self.output = nn.AdaptiveLogSoftmaxWithLoss(cfg.hidden, vocab_size, adaptive_cutoffs(cfg, vocab_size),
+                                                        div_value=4.0)
+            # The clusters hold contiguous ranks, so token ids are mapped to their rank by training frequency
+            # (`set_output_order`; identity until then). A buffer: checkpoints carry it.
+            self.register_buffer("output_rank", torch.arange(vocab_size))
+        else:
+            self.output = nn.Linear(cfg.embed_dim if self.bottleneck is not None else cfg.hidden, vocab_size)
         if cfg.tie_embeddings:
             self.output.weight = self.tgt_embed.weight
         # N(0, 1/d) instead of torch's N(0, 1): with a tied output layer, unit-variance rows give initial logits
@@ -179,8 +186,18 @@ class Seq2Seq(nn.Module):
         return hidden, state
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Vocabulary scores for attentional decoder states."""
+        """Vocabulary scores for attentional decoder states (the adaptive softmax gives its log-probabilities)."""
+        if self.cfg.output == "adaptive":
+            rows = self.output.log_prob(hidden.reshape(-1, hidden.size(-1)))
+            return rows.index_select(1, self.output_rank).view(*hidden.shape[:-1], -1)
         return self.output(hidden)
+
+    def set_output_order(self, counts: torch.Tensor) -> None:
+        """Rank the vocabulary by `counts` [V] (training-target frequencies) for the adaptive softmax's clusters."""
+        order = torch.argsort(-counts.to(torch.float64), stable=True)  # ties keep id order
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel())
+        self.output_rank.copy_(rank)
 
     def forward(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
                 label_smoothing: float = 0.0, target_index: torch.Tensor | None = None) -> torch.Tensor:
@@ -200,13 +217,24 @@ class Seq2Seq(nn.Module):
         if target_index is None:
             target_index = (tgt_out.reshape(-1) != PAD_ID).nonzero().squeeze(1)
         rows = hidden.reshape(-1, hidden.size(-1)).index_select(0, target_index)
-        return linear_cross_entropy(rows, self.output.weight, self.output.bias,
-                                    tgt_out.reshape(-1).index_select(0, target_index), label_smoothing)
+        targets = tgt_out.reshape(-1).index_select(0, target_index)
+        if self.cfg.output == "adaptive":  # exact log-likelihood, each target's tail cluster only for its rows
+            return -self.output(rows, self.output_rank.index_select(0, targets)).output.float().sum()
+        return linear_cross_entropy(rows, self.output.weight, self.output.bias, targets, label_smoothing)
 
     def step(self, tokens: torch.Tensor, memory: Memory, state: RNNState) -> tuple[torch.Tensor, RNNState]:
         """One decoding step: log-probabilities [N, V] of the next token and the new state."""
         hidden, state = self.decode(tokens.unsqueeze(1), memory, state)
         return torch.log_softmax(self.logits(hidden[:, 0]).float(), dim=-1), state
+
+
+def adaptive_cutoffs(cfg: ModelConfig, vocab_size: int) -> list[int]:
+    """The adaptive softmax's cluster boundaries (frequency ranks): `model.adaptive_cutoffs`, or V/4 and V/2."""
+    cutoffs = cfg.adaptive_cutoffs or [vocab_size // 4, vocab_size // 2]
+    if cutoffs[-1] >= vocab_size - 1 or cutoffs[0] < 1:
+        raise ValueError(f"model.adaptive_cutoffs must lie between 1 and the vocabulary size - 2 = {vocab_size - 2} "
+                         f"(got {cutoffs})")
+    return list(cutoffs)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -131,15 +131,18 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
             spec.study = store.root.resolve().name
     base = _with_bleu(base, spec.metric, say)
     if vectorized:
-        runner = _vectorized(spec, workers, replicas, quiet)
+        runner = _vectorized(spec, base, workers, replicas, quiet)
     plan = _validate(spec, base, store, stored, join)
     return _run(spec, base, store, plan, workers, join, resume is not None, final, quiet, runner, started)
 
 
-def _vectorized(spec: SweepSpec, workers: int, replicas: int | None, quiet: bool) -> TrialRunner:
+def _vectorized(spec: SweepSpec, base: Config, workers: int, replicas: int | None, quiet: bool) -> TrialRunner:
     """The stacked-replica runner, after checking that it applies to this sweep."""
     from decaylab.sweep.vectorized import STRATEGIES, vectorized_runner
 
+    if base.model.output != "full":
+        raise UserError(f"--vectorized: the stacked model has the full softmax only (model.output is "
+                        f"{base.model.output!r}); run this sweep without --vectorized")
     if spec.strategy not in STRATEGIES:
         raise UserError(f"--vectorized: works with --strategy {', '.join(STRATEGIES)}, whose points are known "
                         f"before training; {spec.strategy} chooses each trial from the previous ones")
