@@ -38,12 +38,46 @@ def test_adaptive_loss_is_the_exact_normalized_log_likelihood(cell: str) -> None
     keep = b.tgt_out != 0
     expected = -log_probs[keep].gather(1, b.tgt_out[keep].unsqueeze(1)).sum()
     torch.testing.assert_close(loss, expected)
+    # the most frequent id is rank 0: the head's first column, not a tail's
+    most_frequent = int((model.output_rank == 0).nonzero())
+    head = torch.log_softmax(model.output.head(hidden), -1)
+    torch.testing.assert_close(log_probs[..., most_frequent], head[..., 0], rtol=1e-5, atol=1e-5)
     # the step used by greedy and beam search gives the same distribution as teacher forcing
     state, memory = None, model.encode(b.src, b.src_len)
     state = memory.state
     for t in range(b.tgt_in.size(1)):
         step, state = model.step(b.tgt_in[:, t], memory, state)
         torch.testing.assert_close(step, log_probs[:, t], rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_keeps_the_likelihood_in_float32() -> None:
+    """Under bf16 autocast the projections run in bf16 but every log-softmax and sum in float32."""
+    model = adaptive_model("lstm", vocab=400)
+    model.set_output_order(torch.arange(400, 0, -1))
+    torch.manual_seed(2)
+    sources = [torch.randint(4, 400, (int(n),)).tolist() + [2] for n in torch.randint(3, 12, (16,))]
+    b = collate(sources, [s[::-1][1:] + [2] for s in sources])
+    full = model(b.src, b.src_len, b.tgt_in, b.tgt_out)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(b.src, b.src_len, b.tgt_in, b.tgt_out)
+        hidden, _ = model.decode(b.tgt_in, model.encode(b.src, b.src_len))
+        log_probs = model.logits(hidden)
+    assert loss.dtype == torch.float32 and log_probs.dtype == torch.float32
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(log_probs.shape[:2]), rtol=0, atol=1e-5)
+    assert abs(loss.item() - full.item()) / full.item() < 2e-3  # bf16 GEMMs only
+
+
+def test_trainer_keeps_a_trained_order_and_replaces_the_identity(tmp_path: Path) -> None:
+    config = tiny_config(*ADAPTIVE)
+    fresh = Trainer(config, tmp_path / "a", quiet=True)
+    trained = {**fresh.model.state_dict(), "output_rank": fresh.model.output_rank.flip(0)}
+    identity = {**fresh.model.state_dict(), "output_rank": torch.arange(len(fresh.model.output_rank))}
+    kept = Trainer(config, tmp_path / "b", splits=fresh.splits, tokenizer=fresh.tokenizer, quiet=True,
+                   init_weights=trained)
+    assert torch.equal(kept.model.output_rank, trained["output_rank"])
+    replaced = Trainer(config, tmp_path / "c", splits=fresh.splits, tokenizer=fresh.tokenizer, quiet=True,
+                       init_weights=identity)
+    assert torch.equal(replaced.model.output_rank, fresh.model.output_rank)
 
 
 def test_output_order_ranks_tokens_by_frequency() -> None:
@@ -67,7 +101,7 @@ def test_bad_adaptive_settings_are_refused_by_name(overrides: list[str], message
 
 
 def test_cutoffs_beyond_the_vocabulary_are_refused() -> None:
-    with pytest.raises(ValueError, match="model.adaptive_cutoffs must lie between 1 and"):
+    with pytest.raises(UserError, match="model.adaptive_cutoffs: must lie between 1 and"):
         build_model(ModelConfig(preset="tiny", output="adaptive", tie_embeddings=False, adaptive_cutoffs=[10, 39]),
                     40)
 

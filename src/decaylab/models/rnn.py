@@ -4,7 +4,8 @@ Encoder: embedding -> (bi)GRU/LSTM over the source as if packed (a CPU LSTM runs
 exact no-ops: models/padded_rnn.py). Decoder: embedding of the target shifted right (teacher forcing, never the
 source) -> GRU/LSTM initialised from the encoder's final state -> global attention over the encoder outputs
 (Luong et al. 2015: dot, general, or Bahdanau's additive score) -> attentional state tanh(W[c; h]) ->
-dropout -> output projection (optionally tied to the target embedding). Attention follows the recurrent
+dropout -> output projection (optionally tied to the target embedding), or with model.output=adaptive an
+adaptive softmax over frequency-ranked tokens (models/adaptive_output.py). Attention follows the recurrent
 step, so the decoder RNN runs over the whole target in one call.
 """
 
@@ -18,6 +19,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from decaylab.config import ModelConfig
 from decaylab.data.tokenizer import PAD_ID
+from decaylab.models.adaptive_output import adaptive_cutoffs, full_log_probs, target_log_probs
 from decaylab.models.fused_loss import linear_cross_entropy
 from decaylab.models.padded_rnn import run_padded
 
@@ -125,7 +127,7 @@ class Seq2Seq(nn.Module):
                            if cfg.tie_embeddings and cfg.embed_dim != cfg.hidden else None)
         if cfg.output == "adaptive":
             self.output = nn.AdaptiveLogSoftmaxWithLoss(cfg.hidden, vocab_size, adaptive_cutoffs(cfg, vocab_size),
-                                                        div_value=4.0)
+                                                        div_value=4.0, head_bias=True)
             # The clusters hold contiguous ranks, so token ids are mapped to their rank by training frequency
             # (`set_output_order`; identity until then). A buffer: checkpoints carry it.
             self.register_buffer("output_rank", torch.arange(vocab_size))
@@ -188,7 +190,7 @@ class Seq2Seq(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary scores for attentional decoder states (the adaptive softmax gives its log-probabilities)."""
         if self.cfg.output == "adaptive":
-            rows = self.output.log_prob(hidden.reshape(-1, hidden.size(-1)))
+            rows = full_log_probs(self.output, hidden.reshape(-1, hidden.size(-1)))
             return rows.index_select(1, self.output_rank).view(*hidden.shape[:-1], -1)
         return self.output(hidden)
 
@@ -211,30 +213,21 @@ class Seq2Seq(nn.Module):
     def token_loss(self, hidden: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float = 0.0,
                    target_index: torch.Tensor | None = None) -> torch.Tensor:
         """Summed cross-entropy (nats) of attentional states [B, T, D] against `tgt_out`, pad positions skipped."""
-        # Project only real tokens: the vocabulary projection dominates the step, padding would waste it. The
-        # projection and the loss run fused in row chunks (equal to F.cross_entropy of self.logits to float
+        # Project only real tokens: the vocabulary projection dominates the step, padding would waste it. The full
+        # softmax's projection and loss run fused in row chunks (equal to F.cross_entropy of self.logits to float
         # rounding): on a CPU the [N, V] log-softmax passes of the unfused path cost as much as its GEMMs.
         if target_index is None:
             target_index = (tgt_out.reshape(-1) != PAD_ID).nonzero().squeeze(1)
         rows = hidden.reshape(-1, hidden.size(-1)).index_select(0, target_index)
         targets = tgt_out.reshape(-1).index_select(0, target_index)
         if self.cfg.output == "adaptive":  # exact log-likelihood, each target's tail cluster only for its rows
-            return -self.output(rows, self.output_rank.index_select(0, targets)).output.float().sum()
+            return -target_log_probs(self.output, rows, self.output_rank.index_select(0, targets)).sum()
         return linear_cross_entropy(rows, self.output.weight, self.output.bias, targets, label_smoothing)
 
     def step(self, tokens: torch.Tensor, memory: Memory, state: RNNState) -> tuple[torch.Tensor, RNNState]:
         """One decoding step: log-probabilities [N, V] of the next token and the new state."""
         hidden, state = self.decode(tokens.unsqueeze(1), memory, state)
         return torch.log_softmax(self.logits(hidden[:, 0]).float(), dim=-1), state
-
-
-def adaptive_cutoffs(cfg: ModelConfig, vocab_size: int) -> list[int]:
-    """The adaptive softmax's cluster boundaries (frequency ranks): `model.adaptive_cutoffs`, or V/4 and V/2."""
-    cutoffs = cfg.adaptive_cutoffs or [vocab_size // 4, vocab_size // 2]
-    if cutoffs[-1] >= vocab_size - 1 or cutoffs[0] < 1:
-        raise ValueError(f"model.adaptive_cutoffs must lie between 1 and the vocabulary size - 2 = {vocab_size - 2} "
-                         f"(got {cutoffs})")
-    return list(cutoffs)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -152,9 +152,12 @@ class Trainer:
         self.model = build_model(config.model, tokenizer.get_vocab_size()).to(self.device)
         if init_weights is not None:
             self.model.load_state_dict(init_weights, strict=False)
-        if config.model.output == "adaptive":  # after the initial weights: the order comes from this run's data
+        vocab = tokenizer.get_vocab_size()
+        if config.model.output == "adaptive" and torch.equal(self.model.output_rank.cpu(), torch.arange(vocab)):
+            # This run's frequency order, set after the initial weights (a sweep's shared fresh ones carry the
+            # identity; trained weights keep the order they were trained with).
             targets = torch.tensor([t for target in self.train_data.targets for t in target], dtype=torch.long)
-            self.model.set_output_order(torch.bincount(targets, minlength=tokenizer.get_vocab_size()))
+            self.model.set_output_order(torch.bincount(targets, minlength=vocab))
         # Training steps go through `self.forward`; checkpoints and evaluation use the plain module, whose
         # state dict has the same names either way (a compiled wrapper would prefix them with `_orig_mod.`).
         self.forward = compile_model(self.model, self.device) if cfg.compile else self.model
