@@ -126,3 +126,10 @@ def test_vectorized_sweep_refuses_the_adaptive_output(cli, tmp_path: Path) -> No
     assert result.code == 2
     assert "--vectorized: the stacked model has the full softmax only" in result.err
     assert not (tmp_path / "x").exists()
+
+
+def test_stacked_trainer_refuses_the_adaptive_output(tmp_path: Path) -> None:
+    from decaylab.training.stacked import StackedTrainer
+
+    with pytest.raises(UserError, match="the stacked model has the full softmax only"):
+        StackedTrainer([tiny_config(*ADAPTIVE)], [tmp_path / "r"], splits=None, tokenizer=None)
