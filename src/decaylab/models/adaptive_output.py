@@ -32,8 +32,7 @@ def target_log_probs(asm: nn.AdaptiveLogSoftmaxWithLoss, rows: torch.Tensor, ran
     """log p(target) [N] (float32) for rows [N, H] and the targets' frequency ranks [N]."""
     shortlist = asm.shortlist_size
     head = F.log_softmax(asm.head(rows).float(), dim=-1)
-    bounds = torch.tensor(asm.cutoffs[:-1], device=ranks.device)
-    cluster = torch.bucketize(ranks, bounds, right=True)  # 0: the head, i: tail cluster i
+    cluster = sum(ranks.ge(start).long() for start in asm.cutoffs[:-1])  # 0: the head, i: tail cluster i
     column = torch.where(cluster == 0, ranks, shortlist + cluster - 1)
     log_probs = head.gather(1, column.unsqueeze(1)).squeeze(1)
     for i, tail in enumerate(asm.tail):
