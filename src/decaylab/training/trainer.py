@@ -149,10 +149,10 @@ class Trainer:
             config, tokenizer, self.splits)
 
         seed_everything(config.seed)
-        self.model = build_model(config.model, tokenizer.get_vocab_size()).to(self.device)
+        vocab = tokenizer.get_vocab_size()
+        self.model = build_model(config.model, vocab).to(self.device)
         if init_weights is not None:
             self.model.load_state_dict(init_weights, strict=False)
-        vocab = tokenizer.get_vocab_size()
         if config.model.output == "adaptive" and torch.equal(self.model.output_rank.cpu(), torch.arange(vocab)):
             # This run's frequency order, set after the initial weights (a sweep's shared fresh ones carry the
             # identity; trained weights keep the order they were trained with).
