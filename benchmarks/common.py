@@ -17,6 +17,7 @@ if os.environ.get("OMP_WAIT_POLICY", "").lower() == "default":
 else:
     OMP_WAIT_POLICY = os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -71,6 +72,16 @@ def machine_info(device: torch.device, threads: int, load_before: float | None) 
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def argument_parser(doc: str, name: str, quick: str, threads: int | None = None,
+                    threads_help: str = "torch threads (default: every logical CPU)") -> argparse.ArgumentParser:
+    """The options every benchmark takes: --quick (`quick` says what it shrinks), --threads and --out."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help=quick)
+    ap.add_argument("--threads", type=int, default=threads, help=threads_help)
+    ap.add_argument("--out", default=None, help=f"result JSON (default benchmarks/results/{name}.json)")
+    return ap
 
 
 def setup_threads(threads: int | None) -> int:

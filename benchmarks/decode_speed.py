@@ -15,7 +15,6 @@ baseline alternates with ours beam for fewer (the contract's ratio); per-repetit
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -86,14 +85,11 @@ def textbook_translate(model: nn.Module, tokenizer, sources: list[str], beam: in
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer training steps and sentences (under 2 minutes)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every logical CPU)")
+    ap = common.argument_parser(__doc__, "decode_speed", "fewer training steps and sentences (under 2 minutes)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--train-steps", type=int, default=None, help="training steps (default 200, quick 80)")
     ap.add_argument("--sentences", type=int, default=None, help="validation sentences decoded (default 128, quick 64)")
     ap.add_argument("--reps", type=int, default=None, help="greedy/beam repetitions (default 7, quick 5)")
-    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/decode_speed.json)")
     args = ap.parse_args()
     load_before = common.loadavg()
     threads = common.setup_threads(args.threads)

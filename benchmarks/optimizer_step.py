@@ -8,7 +8,6 @@ load change on a shared machine hits both equally; the median of the timed steps
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -32,10 +31,7 @@ class Seq2Seq(nn.Module):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="10 timed steps instead of 50")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every logical CPU)")
-    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/optimizer_step.json)")
+    ap = common.argument_parser(__doc__, "optimizer_step", "10 timed steps instead of 50")
     args = ap.parse_args()
     load_before = common.loadavg()
     args.threads = common.setup_threads(args.threads)

@@ -11,7 +11,6 @@ checked equal first; then interleaved repetitions, median. (A GRU has no oneDNN 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import common  # sets the OpenMP wait policy; must come before torch
@@ -63,10 +62,7 @@ def check(rnn: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions (same code path)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every logical CPU)")
-    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/padded_encoder.json)")
+    ap = common.argument_parser(__doc__, "padded_encoder", "fewer repetitions (same code path)")
     args = ap.parse_args()
     load_before = common.loadavg()
     args.threads = common.setup_threads(args.threads)

@@ -10,8 +10,6 @@ baseline is the loop a user would write with autograd (the first version of `mod
 
 from __future__ import annotations
 
-import argparse
-
 import common  # sets the OpenMP wait policy; must come before torch
 import torch
 
@@ -57,11 +55,9 @@ def case(cell: str, hidden: int, rows: int, batch: int, steps: int, device: torc
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions (same code path)")
+    ap = common.argument_parser(__doc__, "stacked_recurrence", "fewer repetitions (same code path)", threads=1,
+                                threads_help="torch threads (default 1: the overhead is per thread)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the overhead is per thread)")
-    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/stacked_recurrence.json)")
     args = ap.parse_args()
     load_before = common.loadavg()
     args.threads = common.setup_threads(args.threads)

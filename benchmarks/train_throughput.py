@@ -382,9 +382,7 @@ def phase_times(trainer: Trainer, batches: list[Batch], device: torch.device) ->
 
 # -- main -----------------------------------------------------------------------------------------------------
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller repetitions (same code path, under 2 minutes)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every logical CPU)")
+    ap = common.argument_parser(__doc__, "train_throughput", "smaller repetitions (same code path, under 2 minutes)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--rows", default=",".join(ALL_ROWS), help="comma-separated subset of the rows")
     ap.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
@@ -393,7 +391,6 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 4, quick 3)")
     ap.add_argument("--rep-batches", type=int, default=None, help="steps per repetition (default 8, quick 4)")
     ap.add_argument("--no-profile", action="store_true")
-    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/train_throughput.json)")
     args = ap.parse_args()
     load_before = common.loadavg()
     args.threads = common.setup_threads(args.threads)

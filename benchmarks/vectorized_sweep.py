@@ -13,7 +13,6 @@ says how large "float rounding" is after that many steps.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import time
@@ -129,8 +128,7 @@ def profile_stack(cfgs: list, folders: list[Path], splits, tokenizer, init, devi
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer steps and pairs (same code path)")
+    ap = common.argument_parser(__doc__, "vectorized_sweep", "fewer steps and pairs (same code path)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--k", type=int, default=8, help="replicas (λ values) per stack")
     ap.add_argument("--batch-tokens", type=int, default=None, help="default: 2048 on a CPU, 8192 on a GPU")
@@ -144,8 +142,6 @@ def main() -> None:
                     "the operators' shares of its time (also per input shape)")
     ap.add_argument("--no-tf32", action="store_true", help="CUDA: turn off cuDNN's TF32 (on by default in torch), "
                     "so the sequential runs' nn.LSTM is full fp32 like the stacked GEMMs")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every logical CPU)")
-    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/vectorized_sweep.json)")
     args = ap.parse_args()
     load_before = common.loadavg()
     args.threads = common.setup_threads(args.threads)
