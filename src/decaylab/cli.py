@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from decaylab.errors import UserError
+from decaylab.regularization.rules import MODES, RULES
 from decaylab.ui import console as make_console
 
 app = typer.Typer(
@@ -43,7 +44,8 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam, adamw or sgd.")] = None,
-    mode: Annotated[str | None, typer.Option(help="Regularization mode: none, l2, coupled, decoupled.")] = None,
+    mode: Annotated[str | None, typer.Option(help="Regularization mode: " + "; ".join(
+        f"{name} ({RULES[name].formula})" for name in MODES) + ".")] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay", "--lambda", help="λ.")] = None,
     l1: Annotated[float | None, typer.Option(help="L1 strength λ₁.")] = None,
     decay_set: Annotated[str | None, typer.Option(help="all, no_bias_norm, matrices, matrices_no_embedding.")] = None,

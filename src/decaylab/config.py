@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from decaylab.errors import UserError
+from decaylab.regularization.rules import DECAY_SCALINGS, DECAY_SETS, MODES
 
 PRESETS: dict[str, dict[str, Any]] = {
     # For tests: trains in seconds on the fixture.
@@ -147,11 +148,12 @@ class TrainConfig(Section):
 class RegularizationConfig(Section):
     """Maps 1:1 onto `decaylab.regularization.Regularization` (see docs/regularization.md)."""
 
-    mode: Literal["none", "l2", "coupled", "decoupled"] = "none"
+    # the allowed values are the rule registry's (decaylab.regularization.rules)
+    mode: Literal[MODES] = "none"  # type: ignore[valid-type]
     weight_decay: float = Field(0.0, ge=0)
     l1: float = Field(0.0, ge=0)
-    decay_set: Literal["all", "no_bias_norm", "matrices", "matrices_no_embedding"] = "no_bias_norm"
-    decay_scaling: Literal["lr", "schedule"] = "lr"
+    decay_set: Literal[DECAY_SETS] = "no_bias_norm"  # type: ignore[valid-type]
+    decay_scaling: Literal[DECAY_SCALINGS] = "lr"  # type: ignore[valid-type]
     exclude: list[str] = Field(default_factory=list)
     multipliers: dict[str, float] = Field(default_factory=dict)
     allow_double: bool = False

@@ -1,26 +1,28 @@
-"""Weight decay done right: the decay set, l2/l1 penalties, coupled/decoupled optimizers, and an audit.
+"""Weight decay done right: the rule registry, the decay set, penalties, optimizers, stacked kernels and an audit.
 
-Depends only on torch (rich is imported lazily to print an audit).
+Depends only on torch (rich is imported lazily to print an audit). The names below load on first use, so that
+reading the registry (`decaylab.regularization.rules`: config validation, the CLI's help) imports no torch.
 """
 
-from .audit import AuditReport, AuditRow, print_audit
-from .core import Regularization
-from .decay_set import DECAY_SETS, DecayPlan, ParamInfo
-from .optim import OPTIMIZERS
-from .sgdw import SGDW, sgdw
-from .validate import DECAY_SCALINGS, MODES
+from __future__ import annotations
 
-__all__ = [
-    "DECAY_SCALINGS",
-    "DECAY_SETS",
-    "MODES",
-    "OPTIMIZERS",
-    "SGDW",
-    "AuditReport",
-    "AuditRow",
-    "DecayPlan",
-    "ParamInfo",
-    "Regularization",
-    "print_audit",
-    "sgdw",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "AuditReport": "audit", "AuditRow": "audit", "print_audit": "audit",
+    "Regularization": "core",
+    "DecayPlan": "decay_set", "ParamInfo": "decay_set",
+    "ReplicaDecay": "replicas", "UnsupportedRule": "replicas",
+    "DECAY_MODES": "rules", "DECAY_SCALINGS": "rules", "DECAY_SETS": "rules", "MODES": "rules", "OPTIMIZERS": "rules",
+    "RULES": "rules", "SWEEPABLE": "rules", "Acts": "rules", "Rule": "rules", "get_rule": "rules",
+    "SGDW": "sgdw", "sgdw": "sgdw",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{home}", __name__), name)

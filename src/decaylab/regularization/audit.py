@@ -6,17 +6,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .decay_set import DecayPlan, show_regex
+from .rules import RULES, Acts
 
-# Usual ranges of λ per mode; outside them a value is more likely a units mistake than a choice.
-# coupled / l2: the penalty gradient λ·w competes with the loss gradient directly.
-# decoupled + lr: torch AdamW's λ (decay per step = lr·λ), 0.01..0.1 typical, up to ~1.
-# decoupled + schedule: λ is itself the per-step decay fraction at the peak lr.
-USUAL_RANGE: dict[str, tuple[float, float]] = {
-    "l2": (1e-5, 1e-1),
-    "coupled": (1e-5, 1e-1),
-    "decoupled/lr": (1e-4, 1.0),
-    "decoupled/schedule": (1e-6, 1e-2),
-}
+# Usual ranges of λ are each rule's `usual_range` (rules.py); outside them a value is more likely a units mistake
+# than a choice. coupled / l2: the penalty gradient λ·w competes with the loss gradient directly. decoupled + lr:
+# torch AdamW's λ (decay per step = lr·λ), 0.01..0.1 typical, up to ~1. decoupled + schedule: λ is itself the
+# per-step decay fraction at the peak lr.
 
 
 @dataclass
@@ -109,7 +104,8 @@ def build_audit(
     optimizer_weight_decay: float = 0.0,
 ) -> AuditReport:
     """Assemble rows, summary and warnings for `plan` under the given settings."""
-    lam = weight_decay if mode != "none" else 0.0
+    rule = RULES[mode]
+    lam = weight_decay if rule.decays else 0.0
     rows = [
         AuditRow(
             name=i.name,
@@ -130,7 +126,7 @@ def build_audit(
     active = lam > 0 or l1 > 0
 
     tau_steps = None
-    if mode == "decoupled" and lam > 0:
+    if rule.acts is Acts.DECOUPLED and lam > 0:
         # decoupled decay makes the weights an EMA of their updates with timescale 1/(per-step
         # decay) (Wang & Aitchison 2024); with schedule scaling the peak per-step decay is λ itself
         if decay_scaling == "schedule":
@@ -163,21 +159,20 @@ def build_audit(
     warnings: list[str] = []
     warn = warnings.append
 
-    if mode == "none" and weight_decay > 0:
-        warn(f"weight_decay={weight_decay:g} is ignored because mode='none' applies no decay.")
-    if optimizer_name == "adam" and mode in ("coupled", "l2") and lam > 0:
+    if not rule.decays and weight_decay > 0:
+        warn(f"weight_decay={weight_decay:g} is ignored because mode={mode!r} applies no decay.")
+    if optimizer_name == "adam" and rule.acts in (Acts.GRADIENT, Acts.LOSS) and lam > 0:
         warn(
             f"optimizer 'adam' with mode={mode!r} puts λ·w into the gradient, which Adam divides by "
             "its adaptive denominator √v, so weights with large gradients are decayed less "
             "(Loshchilov & Hutter 2019); if AdamW was meant, use mode='decoupled'."
         )
-    if optimizer_name in ("adamw", "sgdw") and mode == "coupled":
+    if optimizer_name is not None and optimizer_name not in rule.optimizers:
         warn(
-            f"mode='coupled' with optimizer {optimizer_name!r} is refused by reg.optimizer(): that "
-            "optimizer's decay is decoupled; use mode='decoupled' or the coupled optimizer "
-            f"{optimizer_name[:-1]!r}."
+            f"mode={mode!r} with optimizer {optimizer_name!r} is refused by reg.optimizer(): "
+            f"{rule.optimizer_hint}."
         )
-    if optimizer_weight_decay > 0 and mode in ("l2", "coupled", "decoupled") and lam > 0:
+    if optimizer_weight_decay > 0 and rule.decays and lam > 0:
         warn(
             f"the optimizer's own weight_decay={optimizer_weight_decay:g} is applied on top of "
             f"mode={mode!r} with λ={lam:g}: the same weights are regularized twice."
@@ -223,15 +218,17 @@ def build_audit(
                 "so its factor changes nothing."
             )
 
-    key = f"decoupled/{decay_scaling}" if mode == "decoupled" else mode
-    if lam > 0 and key in USUAL_RANGE:
-        lo, hi = USUAL_RANGE[key]
+    usual = rule.usual_range or {}
+    scaled = rule.acts is Acts.DECOUPLED
+    key = f"{mode}/{decay_scaling}" if scaled else mode
+    if lam > 0 and (decay_scaling if scaled else "") in usual:
+        lo, hi = usual[decay_scaling if scaled else ""]
         if not lo <= lam <= hi:
             warn(
                 f"weight_decay={lam:g} is outside the usual range {lo:g}..{hi:g} for {key}: "
                 "far above it the decay dominates the loss, far below it has no measurable effect."
             )
-    if mode == "decoupled" and lam > 0:
+    if scaled and lam > 0:
         per_step = lam if decay_scaling == "schedule" else (lr * lam if lr is not None else None)
         if per_step is not None and per_step >= 1:
             warn(

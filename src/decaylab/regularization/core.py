@@ -8,13 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import penalty as _penalty
+from . import kernels
 from .audit import AuditReport, build_audit
-from .decay_set import DECAY_SETS, DecayPlan, build_plan
-from .optim import OPTIMIZERS, build_optimizer, build_param_groups
+from .decay_set import DecayPlan, build_plan
+from .optim import build_optimizer, build_param_groups
+from .rules import DECAY_SCALINGS, DECAY_SETS, MODES, OPTIMIZERS, RULES, Acts, active_rules
 from .validate import (
-    DECAY_SCALINGS,
-    MODES,
     check_bool,
     check_choice,
     check_multipliers,
@@ -40,7 +39,7 @@ class _Cached:
 
 
 class Regularization:
-    """How a run regularizes: mode (none | l2 | coupled | decoupled), λ, λ_1, decay set and multipliers."""
+    """How a run regularizes: a mode of the rule registry (rules.MODES), λ, λ_1, decay set and multipliers."""
 
     def __init__(
         self,
@@ -58,10 +57,11 @@ class Regularization:
         self.decay_set = check_choice("decay_set", decay_set, DECAY_SETS)
         self.l1 = check_nonneg("l1", l1)
         self.decay_scaling = check_choice("decay_scaling", decay_scaling, DECAY_SCALINGS)
-        if self.decay_scaling == "schedule" and self.mode != "decoupled":
+        if self.decay_scaling != "lr" and RULES[self.mode].acts is not Acts.DECOUPLED:
+            decoupled = ", ".join(repr(m) for m in MODES if RULES[m].acts is Acts.DECOUPLED)
             raise ValueError(
-                f"decay_scaling='schedule' is only meaningful with mode='decoupled' (got mode={self.mode!r}); "
-                "allowed for this mode: decay_scaling='lr'"
+                f"decay_scaling={self.decay_scaling!r} is only meaningful with a decoupled mode ({decoupled}; "
+                f"got mode={self.mode!r}); allowed for this mode: decay_scaling='lr'"
             )
         self.exclude = check_patterns("exclude", exclude)
         self.multipliers = check_multipliers("multipliers", multipliers)
@@ -72,8 +72,8 @@ class Regularization:
 
     @property
     def regularizes(self) -> bool:
-        """True when the mode itself applies λ (l2, coupled or decoupled with λ > 0)."""
-        return self.mode in ("l2", "coupled", "decoupled") and self.weight_decay > 0
+        """True when the mode itself applies λ (any mode but none, with λ > 0)."""
+        return any(rule.is_mode for rule, _ in self._active)
 
     def describe(self) -> dict[str, Any]:
         """The constructor arguments, JSON-serialisable; Regularization(**reg.describe()) rebuilds it."""
@@ -101,6 +101,11 @@ class Regularization:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._cache = weakref.WeakKeyDictionary()
+
+    @property
+    def _active(self) -> list:
+        """The registered rules with λ > 0 under these settings, each with its λ."""
+        return active_rules({"mode": self.mode, "weight_decay": self.weight_decay, "l1": self.l1})
 
     # -- decay set -----------------------------------------------------------------------------
 
@@ -155,20 +160,20 @@ class Regularization:
     # -- training-step hooks -------------------------------------------------------------------
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        """The loss terms (λ/2)Σ m‖w‖² (mode l2) + λ_1 Σ m‖w‖₁ over the decay set; 0-dim zero if none."""
-        l2 = self.weight_decay if self.mode == "l2" else 0.0
-        if l2 == 0.0 and self.l1 == 0.0:
+        """The loss terms of the active LOSS rules over the decay set (l2: (λ/2)Σ m‖w‖², l1: λ_1 Σ m‖w‖₁)."""
+        terms = [(rule, lam) for rule, lam in self._active if rule.acts is Acts.LOSS]
+        if not terms:
             ref = next(model.parameters(), None)
             return torch.zeros(
                 (), dtype=ref.dtype if ref is not None else None, device=ref.device if ref is not None else None
             )
         c = self._cached(model)
-        return _penalty.penalty(c.decay_tensors, c.decay_mult, l2=l2, l1=self.l1)
+        return kernels.penalty(c.decay_tensors, c.decay_mult, terms)
 
     def norms(self, model: nn.Module) -> dict[str, float]:
         """L2 norms: decay_norm (decay set), nodecay_norm (every other parameter), weight_norm (all)."""
         c = self._cached(model)
-        return _penalty.norms(c.all_tensors, c.decay_mask)
+        return kernels.norms(c.all_tensors, c.decay_mask)
 
     def decay_factor(self, optimizer: torch.optim.Optimizer, equivalent: bool = False) -> float:
         """Per-step multiplicative decay 1 − c_t·λ for the base λ at the optimizer's current lr.
@@ -181,18 +186,19 @@ class Regularization:
         """
         group = next((g for g in optimizer.param_groups if "peak_lr" in g), optimizer.param_groups[0])
         lr = float(group["lr"])
+        rule = RULES[self.mode]
         lam = self.weight_decay
-        if self.mode == "decoupled":
-            if self.decay_scaling == "schedule":
-                peak = group.get("peak_lr", group.get("initial_lr"))
-                if peak is None:
+        if rule.acts is Acts.DECOUPLED:
+            peak = group.get("peak_lr", group.get("initial_lr"))
+            if peak is None:
+                if self.decay_scaling != "lr":
                     raise ValueError(
-                        "decay_scaling='schedule' needs the peak lr: build the optimizer with "
+                        f"decay_scaling={self.decay_scaling!r} needs the peak lr: build the optimizer with "
                         "reg.optimizer() or reg.param_groups(), whose groups carry 'peak_lr'"
                     )
-                return 1.0 - lr / float(peak) * lam
-            return 1.0 - lr * lam
-        if equivalent and self.mode in ("l2", "coupled"):
+                peak = lr
+            return rule.decay_factor(lam, self.decay_scaling, lr, float(peak))
+        if equivalent and rule.decays and rule.strength == "weight_decay":
             return 1.0 - lr * lam
         return 1.0
 

@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-DECAY_SETS: tuple[str, ...] = ("all", "no_bias_norm", "matrices", "matrices_no_embedding")
-
 # Module types whose parameters are normalization gains/shifts. _NormBase covers BatchNorm*,
 # InstanceNorm* and SyncBatchNorm; RMSNorm only exists in newer torch, hence the getattr.
 NORM_TYPES: tuple[type[nn.Module], ...] = tuple(

@@ -1,4 +1,4 @@
-"""Optimizer factory: per-parameter groups for the decay set, and the torch optimizer each mode needs."""
+"""Optimizer factory: per-parameter groups for the decay set, and the torch optimizer each rule needs."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from typing import Any
 import torch
 
 from .decay_set import DecayPlan
+from .rules import OPTIMIZERS, RULES, Acts, check_optimizer
 from .sgdw import SGDW
 from .validate import check_choice, check_nonneg
-
-OPTIMIZERS: tuple[str, ...] = ("sgd", "sgdw", "adam", "adamw")
 
 try:  # private torch helper; the fallback lists the devices with fused Adam since torch 2.4
     from torch.optim.optimizer import _get_fused_kernels_supported_devices
@@ -22,12 +21,7 @@ except ImportError:  # pragma: no cover
 
 def torch_weight_decay(mode: str, lam: float, decay_scaling: str, peak_lr: float) -> float:
     """The value of torch's group `weight_decay` that realizes effective λ (=λ·m) under `mode`."""
-    if mode == "coupled":
-        return lam
-    if mode == "decoupled":
-        # torch decays by lr_t·wd; with wd = λ/η_max that is s_t·λ, independent of the peak lr
-        return lam / peak_lr if decay_scaling == "schedule" else lam
-    return 0.0  # none: nothing; l2: the penalty lives in the loss
+    return RULES[mode].torch_weight_decay(lam, decay_scaling, peak_lr)
 
 
 def build_param_groups(
@@ -41,7 +35,7 @@ def build_param_groups(
 
     groups = []
     for m, infos in by_mult.items():
-        lam = weight_decay * m if mode != "none" else 0.0
+        lam = weight_decay * m if RULES[mode].decays else 0.0
         groups.append(_group("decay" if m == 1.0 else f"decay x{m:g}", infos, lr, m, lam, mode, decay_scaling))
     if rest:
         groups.append(_group("no_decay", rest, lr, 0.0, 0.0, mode, decay_scaling))
@@ -67,6 +61,28 @@ def _group(name: str, infos: list, lr: float, m: float, lam: float, mode: str, d
     }
 
 
+def _foreach_or_fused(kwargs: dict[str, Any], params: list[torch.Tensor], fused_allowed: bool) -> dict[str, Any]:
+    """kwargs with torch's fastest implementation chosen (fused where every parameter's device has it)."""
+    if "fused" in kwargs or "foreach" in kwargs:
+        return kwargs
+    fused_ok = set(_get_fused_kernels_supported_devices())
+    if fused_allowed and all(p.device.type in fused_ok and p.is_floating_point() for p in params):
+        return {**kwargs, "fused": True}
+    return {**kwargs, "foreach": True}
+
+
+def base_optimizer(params: list[torch.Tensor], name: str, *, lr: float, kwargs: dict[str, Any]
+                   ) -> torch.optim.Optimizer:
+    """The update direction alone: torch Adam (adam, adamw) or SGD (sgd, sgdw) with weight_decay=0.
+
+    The stacked engine applies every decay rule itself (replicas.py) around this optimizer's step.
+    """
+    name = check_choice("optimizer name", name, OPTIMIZERS)
+    if name in ("adam", "adamw"):
+        return torch.optim.Adam(params, lr=lr, weight_decay=0.0, **_foreach_or_fused(kwargs, params, True))
+    return torch.optim.SGD(params, lr=lr, weight_decay=0.0, **_foreach_or_fused(kwargs, params, False))
+
+
 def build_optimizer(
     groups: list[dict[str, Any]],
     name: str,
@@ -79,6 +95,7 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """Instantiate the torch optimizer `name` on `groups` with the decay mechanics of `mode`."""
     name = check_choice("optimizer name", name, OPTIMIZERS)
+    rule = RULES[mode]
     kwargs = dict(kwargs)
     extra = check_nonneg("weight_decay (optimizer keyword)", kwargs.pop("weight_decay", 0.0))
     if extra > 0 and regularizes and not allow_double:
@@ -87,12 +104,7 @@ def build_optimizer(
             "the decay set: that is double regularization (the seed listing's bug). Set the strength "
             "through Regularization(weight_decay=...), or pass allow_double=True if it is intended."
         )
-    if mode == "coupled" and name in ("adamw", "sgdw"):
-        raise ValueError(
-            f"mode='coupled' with optimizer {name!r} is contradictory: torch {name.upper()} applies "
-            "weight decay decoupled from the gradient. Use mode='decoupled' with "
-            f"{name!r}, or optimizer {name[:-1]!r} for coupled (L2-in-the-gradient) decay."
-        )
+    check_optimizer(rule, name)
     if extra > 0:
         # allow_double (or a mode without decay): the explicit optimizer weight_decay acts like
         # torch's own default, on every trainable parameter, on top of each group's value
@@ -100,18 +112,11 @@ def build_optimizer(
             g["weight_decay"] += extra
 
     params = [p for g in groups for p in g["params"]]
+    decoupled = rule.acts is Acts.DECOUPLED
     if name in ("adam", "adamw"):
-        if "fused" not in kwargs and "foreach" not in kwargs:
-            fused_ok = set(_get_fused_kernels_supported_devices())
-            if all(p.device.type in fused_ok and p.is_floating_point() for p in params):
-                kwargs["fused"] = True
-            else:
-                kwargs["foreach"] = True
         # torch Adam(weight_decay) is coupled; AdamW is Adam with decoupled decay
-        cls = torch.optim.AdamW if (mode == "decoupled" or name == "adamw") else torch.optim.Adam
-        return cls(groups, lr=lr, **kwargs)
-    if mode == "decoupled" or name == "sgdw":
+        cls = torch.optim.AdamW if (decoupled or name == "adamw") else torch.optim.Adam
+        return cls(groups, lr=lr, **_foreach_or_fused(kwargs, params, True))
+    if decoupled or name == "sgdw":
         return SGDW(groups, lr=lr, **kwargs)
-    if "fused" not in kwargs and "foreach" not in kwargs:
-        kwargs["foreach"] = True
-    return torch.optim.SGD(groups, lr=lr, **kwargs)
+    return torch.optim.SGD(groups, lr=lr, **_foreach_or_fused(kwargs, params, False))

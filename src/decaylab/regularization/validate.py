@@ -8,9 +8,6 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-MODES: tuple[str, ...] = ("none", "l2", "coupled", "decoupled")
-DECAY_SCALINGS: tuple[str, ...] = ("lr", "schedule")
-
 
 def check_choice(field: str, value: Any, allowed: Iterable[str]) -> str:
     """Return `value` lower-cased if it is one of `allowed`, else raise ValueError naming the field."""

@@ -15,12 +15,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
+from decaylab.regularization.rules import RULES
 from decaylab.report.collect import HIGHER_IS_BETTER, Point, RunData, SweepData, finite
 
 # No pyplot anywhere: Figure objects render through the Agg canvas when saved, whatever backend the caller uses.
 
-MODE_COLORS = {"none": "#222222", "decoupled": "#1f77b4", "coupled": "#d62728", "l2": "#2ca02c",
-               "l1": "#9467bd"}
 CHOSEN_COLOR = "#f2b90c"
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
          "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.25,
@@ -33,8 +32,9 @@ DROPOUT_STYLES = ("-", "-.", (0, (5, 1)), (0, (1, 1)))
 
 
 def mode_color(mode: str) -> str:
-    """A fixed colour per regularization mode (λ = 0 is black)."""
-    return MODE_COLORS.get(mode, f"C{sum(map(ord, mode)) % 10}")  # str hash() differs between processes
+    """The registered rule's colour (λ = 0 is black); a fixed one for a name the registry does not know."""
+    rule = RULES.get(mode)
+    return rule.color if rule is not None else f"C{sum(map(ord, mode)) % 10}"  # str hash() differs per process
 
 
 F = TypeVar("F", bound=Callable[..., Figure])

@@ -11,6 +11,7 @@ from typing import Any
 
 from decaylab.config import Config, apply_overrides, build_config, config_to_dict, load_config
 from decaylab.errors import UserError
+from decaylab.regularization.rules import DECAY_MODES
 from decaylab.sweep.points import Point, check_points, grid_points
 from decaylab.sweep.selection import build_table, choose, compute_seconds
 from decaylab.sweep.spec import SweepSpec, build_spec
@@ -48,7 +49,7 @@ def _resolve_base(config: Config | str | Path | None, overrides: Sequence[str],
 def _default_mode(base: Config) -> str:
     """The config's own decay mode when it has one; decoupled otherwise (what Adam-family optimizers want)."""
     mode = base.regularization.mode
-    return mode if mode in ("l2", "coupled", "decoupled") else "decoupled"
+    return mode if mode in DECAY_MODES else "decoupled"
 
 
 def _spec_args(spec: SweepSpec) -> dict[str, Any]:

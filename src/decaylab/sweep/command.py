@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from decaylab.regularization.rules import SWEEPABLE
+
 
 def sweep(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (the base of every "
@@ -15,8 +17,9 @@ def sweep(
     lambdas: Annotated[str | None, typer.Option(help="log:LO:HI:N (log-spaced, inclusive) or a list 0,1e-4,1e-3 "
                                                 "(default: log:1e-5:1e-1:9); λ = 0 is added unless --no-zero.")]
     = None,
-    mode: Annotated[str | None, typer.Option(help="Comma list of l2, coupled, decoupled, l1 (l1 = mode none with "
-                                             "l1 = λ) (default: the config's mode, else decoupled).")] = None,
+    mode: Annotated[str | None, typer.Option(help="Comma list of " + ", ".join(SWEEPABLE) + " (a rule that is not "
+                                             "a mode, like l1, sweeps its own strength with mode none) (default: "
+                                             "the config's mode, else decoupled).")] = None,
     dropout: Annotated[str | None, typer.Option(help="Comma list of dropout probabilities to sweep too.")] = None,
     folds: Annotated[int | None, typer.Option(help="cv: number of folds of the training split (default: 5).")]
     = None,

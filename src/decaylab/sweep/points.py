@@ -7,12 +7,13 @@ from typing import Any
 
 from decaylab.config import Config, build_config, config_to_dict
 from decaylab.errors import UserError
+from decaylab.regularization.rules import RULES, Acts
 from decaylab.sweep.spec import SweepSpec
 
 
 @dataclass(frozen=True)
 class Point:
-    """One regularization setting: `mode` none (the λ = 0 baseline), l2, coupled, decoupled or l1."""
+    """One regularization setting: `mode` none (the λ = 0 baseline) or a registered rule with a strength."""
 
     mode: str
     lam: float
@@ -51,14 +52,21 @@ def trial_config(base: Config, point: Point, swept_modes: list[str], seed: int |
         raw["seed"] = seed
     reg = raw["regularization"]
     if point.mode == "none":
-        # The baseline has no weight decay; it keeps the base L1 unless L1 itself is being swept.
-        reg.update(mode="none", weight_decay=0.0, l1=0.0 if "l1" in swept_modes else reg["l1"])
-    elif point.mode == "l1":
-        reg.update(mode="none", weight_decay=0.0, l1=point.lam)
+        # The baseline has no weight decay; it keeps the base's other terms (L1) unless that term is being swept.
+        reg.update(mode="none", weight_decay=0.0)
+        for name in swept_modes:
+            rule = RULES[name]
+            if not rule.is_mode:
+                reg[rule.strength] = 0.0
     else:
-        reg.update(mode=point.mode, weight_decay=point.lam)
-    if reg["mode"] != "decoupled":
-        reg["decay_scaling"] = "lr"  # `schedule` only exists for decoupled decay
+        rule = RULES[point.mode]
+        if rule.is_mode:
+            reg.update(mode=point.mode)
+        else:
+            reg.update(mode="none", weight_decay=0.0)
+        reg[rule.strength] = point.lam
+    if RULES[reg["mode"]].acts is not Acts.DECOUPLED:
+        reg["decay_scaling"] = "lr"  # a decay scaling only exists for decoupled decay
     raw["model"]["dropout"] = point.dropout
     return build_config(raw, origin=f"sweep point {point.key}")
 

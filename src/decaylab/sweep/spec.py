@@ -8,11 +8,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from decaylab.errors import UserError
+from decaylab.regularization.rules import SWEEPABLE
 
 STRATEGIES = ("grid", "cv", "optuna", "halving")
 SEEDED_STRATEGIES = ("grid", "cv")  # those that can repeat every point with several seeds
-# `l1` is not a Regularization mode: it means mode none with l1 = λ (see points.trial_config).
-MODES = ("l2", "coupled", "decoupled", "l1")
+# Every registered rule with a strength; a rule that is not a mode (l1) sweeps its own field with mode none
+# (see points.trial_config).
+MODES = SWEEPABLE
 METRICS = ("loss", "bleu", "chrf")
 RULES = ("min", "1se")
 PRUNERS = ("median", "halving", "none")

@@ -42,8 +42,8 @@ from decaylab.evaluation.metrics import autocast, corpus_losses, perplexity
 from decaylab.files import atomic_write_jsonl, read_jsonl
 from decaylab.models import build_model, count_parameters
 from decaylab.models.stacked_rnn import StackedSeq2Seq
-from decaylab.regularization import Regularization
-from decaylab.regularization.optim import _get_fused_kernels_supported_devices
+from decaylab.regularization import Regularization, ReplicaDecay, UnsupportedRule
+from decaylab.regularization.optim import base_optimizer
 from decaylab.training.checkpoint import load_trainer_state, resolve_checkpoint, save_checkpoint
 from decaylab.training.run_files import RunPaths, build_meta, write_run_header
 from decaylab.training.schedule import lr_multiplier
@@ -121,6 +121,10 @@ class StackedTrainer:
                 raise ValueError("replicas of one stack may differ only in " + ", ".join(
                     f"{s}.{k}" if s else k for s, keys in REPLICA_FIELDS.items() for k in keys)
                     + " (a different seed needs a shared data_seed)")
+        try:  # a rule the stack cannot run is refused by name, before anything is written
+            ReplicaDecay.check([c.regularization.model_dump() for c in configs])
+        except UnsupportedRule as exc:
+            raise UserError(f"regularization.mode: {exc}") from None
         base = self.base = configs[0]
         cfg = base.train
         if cfg.threads:
@@ -244,14 +248,8 @@ class StackedTrainer:
                lr: float | None) -> None:
         """The stacked model, optimizer, schedule and per-replica coefficients for the active replicas."""
         cfg = self.base.train
-        params = list(self.params.values())
-        if cfg.optimizer in ("adam", "adamw"):
-            fused = all(p.device.type in set(_get_fused_kernels_supported_devices()) for p in params)
-            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0.0,
-                                              **({"fused": True} if fused else {"foreach": True}))
-        else:
-            self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                             weight_decay=0.0, foreach=True)
+        self.optimizer = base_optimizer(list(self.params.values()), cfg.optimizer, lr=cfg.lr,
+                                        kwargs=optimizer_kwargs(self.base))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_multiplier(cfg.schedule, cfg.warmup_steps, self.total_steps))
         if states:
@@ -265,24 +263,8 @@ class StackedTrainer:
         self.model = StackedSeq2Seq(self.base.model, self.params, [r.config.model.dropout for r in self.active],
                                     [r.generator for r in self.active])
 
-        regs = [r.reg for r in self.active]
-        coefficients = {
-            "l2": [g["weight_decay"] if g["mode"] == "l2" else 0.0 for g in regs],
-            "l1": [g["l1"] for g in regs],
-            "coupled": [g["weight_decay"] if g["mode"] == "coupled" else 0.0 for g in regs],
-            "decoupled": [g["weight_decay"] if g["mode"] == "decoupled" else 0.0 for g in regs],
-            "by_schedule": [1.0 if g["decay_scaling"] == "schedule" else 0.0 for g in regs],
-        }
-        for name, values in coefficients.items():
-            setattr(self, name, torch.tensor(values, dtype=torch.float32, device=self.device))
-        # which terms any replica uses, decided once here, not tested on the device every step (a GPU sync each)
-        self.uses = {name: any(values) for name, values in coefficients.items()}
-        self.has_penalty = self.uses["l2"] or self.uses["l1"]
-        # per decayed tensor, each term in use as λ·m per replica, shaped to broadcast over the tensor
-        self.decay_terms = [
-            (p, {term: self._shape(getattr(self, term) * self.multiplier[name], p)
-                 for term in ("l2", "l1", "coupled", "decoupled") if self.uses[term]})
-            for name, p in self.params.items() if self.multiplier[name]]
+        # every replica's decay rules, from the registry
+        self.decay = ReplicaDecay([r.reg for r in self.active], self.multiplier, self.params, cfg.lr, self.device)
 
     def _drop(self, leaving: list[Replica]) -> None:
         """Take stopped replicas out of the stack (their slices of parameters, gradients and state)."""
@@ -304,16 +286,9 @@ class StackedTrainer:
         self.params = params
         self._build({n: s for n, s in states.items() if s}, sched_state, lr)
 
-    @torch.no_grad()
     def penalties(self) -> torch.Tensor:
-        """Each active replica's loss-side penalty (λ/2)Σ m‖w‖² (mode l2) + λ₁Σ m‖w‖₁ [K], as reg.penalty."""
-        total = torch.zeros(len(self.active), device=self.device)
-        for name, p in self.params.items():
-            m = self.multiplier[name]
-            if m:
-                flat = p.float().flatten(1)
-                total += m * (0.5 * self.l2 * flat.square().sum(1) + self.l1 * flat.abs().sum(1))
-        return total
+        """Each active replica's loss-side penalty [K], as `Regularization.penalty` of its single run."""
+        return self.decay.penalties()
 
     # -- one step ------------------------------------------------------------------------------------
     def _shape(self, values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -327,7 +302,7 @@ class StackedTrainer:
                               label_smoothing=cfg.label_smoothing, target_index=batch.target_index) / batch.n_tokens
         # as the Trainer: a replica whose loss with its penalty overflows has diverged too (one host sync for both)
         losses = task.detach().float()
-        if self.has_penalty:
+        if self.decay.has_penalty:
             values, totals = torch.stack([losses, losses + self.penalties()]).tolist()
         else:
             values = totals = losses.tolist()
@@ -356,25 +331,15 @@ class StackedTrainer:
     @torch.no_grad()
     def _regularize_and_step(self) -> None:
         cfg = self.base.train
-        for p, coef in self.decay_terms:  # loss terms: part of the gradient that is clipped
-            if "l2" in coef:
-                p.grad.addcmul_(p, coef["l2"])
-            if "l1" in coef:
-                p.grad.addcmul_(torch.sign(p), coef["l1"])
+        self.decay.add_loss_gradients_()  # loss terms: part of the gradient that is clipped
         if cfg.clip_norm:
             norms = torch.stack([p.grad.flatten(1).norm(dim=1) for p in self.params.values()])
             total = norms.norm(dim=0)
             clip = torch.clamp(cfg.clip_norm / (total + 1e-6), max=1.0)
             for p in self.params.values():
                 p.grad.mul_(self._shape(clip, p))
-        for p, coef in self.decay_terms:
-            if "coupled" in coef:
-                p.grad.addcmul_(p, coef["coupled"])
-        if self.uses["decoupled"]:
-            lr = self.optimizer.param_groups[0]["lr"]
-            scale = lr * (1.0 - self.by_schedule) + (lr / cfg.lr) * self.by_schedule  # c_t per replica
-            for p, coef in self.decay_terms:
-                p.mul_(1.0 - self._shape(scale, p) * coef["decoupled"])
+        self.decay.add_gradient_terms_()
+        self.decay.decay_(self.optimizer.param_groups[0]["lr"])
         self.optimizer.step()
         self.scheduler.step()
 
@@ -395,12 +360,8 @@ class StackedTrainer:
         total = (decay_sq + rest_sq).sqrt().tolist()
         lr = self.optimizer.param_groups[0]["lr"]
         rows = []
-        for k, replica in enumerate(self.active):
-            reg = replica.reg
-            factor = 1.0
-            if reg["mode"] == "decoupled":
-                factor = 1.0 - (lr / self.base.train.lr if reg["decay_scaling"] == "schedule" else lr) * \
-                    reg["weight_decay"]
+        factors = self.decay.decay_factors(lr)
+        for k, factor in enumerate(factors):
             row = {"val_loss": val[k], "val_ppl": perplexity(val[k]), "train_eval_loss": train[k],
                    "gap": val[k] - train[k], "penalty": penalty[k], "decay_factor": factor,
                    "decay_norm": norms[0][k], "nodecay_norm": norms[1][k], "weight_norm": total[k]}
