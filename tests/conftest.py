@@ -39,6 +39,18 @@ def tiny() -> Config:
     return tiny_config()
 
 
+@pytest.fixture(scope="module")
+def data():
+    """The tiny config's splits and tokenizer, built once per test module."""
+    from decaylab.data.splits import load_splits
+    from decaylab.data.tokenizer import train_tokenizer
+
+    base = tiny_config("model.dropout=0")
+    splits = load_splits(base.data)
+    tokenizer = train_tokenizer([p.source for p in splits.train] + [p.target for p in splits.train], base.tokenizer)
+    return splits, tokenizer
+
+
 @dataclass
 class CliResult:
     """Exit code and captured output of one in-process `decaylab` invocation."""

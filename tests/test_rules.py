@@ -15,7 +15,6 @@ from decaylab.regularization.rules import DECAY_SCALINGS, MODES, SWEEPABLE
 from decaylab.training import Trainer
 from decaylab.training.stacked import StackedTrainer
 from tests.conftest import tiny_config
-from tests.test_vectorized import data  # noqa: F401  (the module-scoped fixture: tiny splits and tokenizer)
 
 LAMBDA = {"weight_decay": 0.05, "l1": 0.002}
 

@@ -11,8 +11,6 @@ import pytest
 import torch
 
 from decaylab.config import Config, ModelConfig, build_config, config_to_dict
-from decaylab.data.splits import load_splits
-from decaylab.data.tokenizer import train_tokenizer
 from decaylab.files import read_jsonl
 from decaylab.models import build_model
 from decaylab.models.stacked_rnn import StackedSeq2Seq
@@ -42,14 +40,6 @@ def assert_same_trajectory(stacked: list[dict], single: list[dict], tol: float =
     for a, b in zip(stacked, single, strict=True):
         for key in COMPARED:
             assert a[key] == pytest.approx(b[key], rel=tol, abs=tol), (a["step"], key, a[key], b[key])
-
-
-@pytest.fixture(scope="module")
-def data():
-    base = tiny_config("model.dropout=0")
-    splits = load_splits(base.data)
-    tokenizer = train_tokenizer([p.source for p in splits.train] + [p.target for p in splits.train], base.tokenizer)
-    return splits, tokenizer
 
 
 def run_both(configs: list[Config], tmp_path: Path, data, budgets=None):
