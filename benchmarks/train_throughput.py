@@ -356,7 +356,7 @@ def phase_times(trainer: Trainer, batches: list[Batch], device: torch.device) ->
     """Milliseconds per step in forward, backward, clip and optimizer of the Trainer step (same calls as it)."""
     cfg = trainer.config.train
     totals = {"forward": 0.0, "backward": 0.0, "clip": 0.0, "optimizer": 0.0}
-    from decaylab.evaluation.metrics import autocast
+    from decaylab.device import autocast
 
     for batch in batches:
         marks = [time.perf_counter()]

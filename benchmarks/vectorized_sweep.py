@@ -24,11 +24,11 @@ import torch
 from decaylab.config import build_config, config_to_dict, load_config
 from decaylab.data.splits import load_splits
 from decaylab.data.tokenizer import train_tokenizer
+from decaylab.device import seed_everything
 from decaylab.models import build_model
+from decaylab.runfolder.checkpoint import model_tensors
 from decaylab.training import Trainer
-from decaylab.training.checkpoint import model_tensors
 from decaylab.training.stacked import StackedTrainer
-from decaylab.training.trainer import seed_everything
 
 # (preset, vocabulary, steps full, steps quick): from launch-bound to GEMM-bound
 SIZES = [("tiny", 2000, 20, 6), ("small", 4000, 12, 4), ("base", 8000, 6, 2)]

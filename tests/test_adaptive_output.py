@@ -12,7 +12,7 @@ from decaylab.data.batching import collate
 from decaylab.errors import UserError
 from decaylab.generation import translate
 from decaylab.models import build_model
-from decaylab.training.load import load_trained
+from decaylab.runfolder.load import load_trained
 from decaylab.training.trainer import Trainer
 from tests.conftest import tiny_config
 from tests.test_sweep import tiny_flags

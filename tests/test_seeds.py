@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from decaylab.data.prepare import epoch_groups
 from decaylab.errors import UserError
 from decaylab.files import read_jsonl
 from decaylab.sweep import sweep
 from decaylab.sweep.points import Point, trial_config
 from decaylab.training import Trainer
-from decaylab.training.trainer import epoch_groups
 from tests.conftest import tiny_config
 from tests.test_sweep import CLI, tiny_flags
 

@@ -13,8 +13,8 @@ import pytest
 from decaylab.config import dump_yaml
 from decaylab.errors import UserError
 from decaylab.files import read_jsonl
+from decaylab.runfolder.checkpoint import load_trainer_state
 from decaylab.training import Trainer, TrainingDiverged, resume_run
-from decaylab.training.checkpoint import load_trainer_state
 from decaylab.training.trainer import KILL_ENV
 from tests.conftest import tiny_config
 

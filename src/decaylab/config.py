@@ -278,6 +278,16 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> Config
     return build_config(raw, origin=str(path) if path is not None else "config")
 
 
+def flag_overrides(**flags: object) -> list[str]:
+    """`--set` strings for the dedicated command-line flags that were given (keys are dotted fields)."""
+    return [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
+def build_run_config(path: Path | None, sets: list[str] | None, **flags: object) -> Config:
+    """A command's config: the file (or the defaults), then its dedicated flags, then --set (the most explicit wins)."""
+    return load_config(path, flag_overrides(**flags) + list(sets or []))
+
+
 def config_to_dict(config: Config) -> dict[str, Any]:
     """A JSON/YAML-safe dict of the fully resolved config."""
     return config.model_dump(mode="json")

@@ -20,8 +20,8 @@ from decaylab.data.splits import load_splits
 from decaylab.evaluation.metrics import text_metrics
 from decaylab.generation import translate
 from decaylab.report import write_report
+from decaylab.runfolder.load import load_trained
 from decaylab.training import Trainer
-from decaylab.training.load import load_trained
 from decaylab.ui import console as make_console
 
 DEMO_CONFIG = Path(str(resources.files("decaylab") / "configs" / "demo.yaml"))

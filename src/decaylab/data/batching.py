@@ -97,11 +97,6 @@ class EncodedPairs:
     def __len__(self) -> int:
         return len(self.sources)
 
-    @property
-    def n_target_tokens(self) -> int:
-        """Target tokens (EOS included) over the whole split."""
-        return sum(t for _, t in self.lengths)
-
     def batches(self, batch_tokens: int, max_batch_size: int, seed: int, shuffle: bool = True) -> list[Batch]:
         """This split's batches for one epoch (the order depends only on `seed`)."""
         groups = bucket_batches(self.lengths, batch_tokens, max_batch_size, seed, shuffle)

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from decaylab.data.prepare import encode_pairs, eval_subset
 from decaylab.data.splits import load_splits
 from decaylab.errors import UserError
 from decaylab.evaluation.metrics import corpus_loss, perplexity, text_metrics
 from decaylab.files import atomic_write_json
 from decaylab.generation import translate
-from decaylab.training.load import load_trained
-from decaylab.training.trainer import encode_pairs, eval_subset
+from decaylab.runfolder.load import load_trained
 
 SPLITS = ("train", "valid", "test")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 import torch
@@ -12,13 +11,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from torch import nn
 
 from decaylab.data.batching import EncodedPairs
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast when asked for, a no-op context otherwise."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
+from decaylab.device import autocast
 
 
 @torch.inference_mode()

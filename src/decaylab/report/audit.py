@@ -14,7 +14,7 @@ def audit_run(run: Path, history: list[dict[str, Any]] | None = None) -> dict[st
         from decaylab.data.tokenizer import load_tokenizer
         from decaylab.models import build_model
         from decaylab.regularization import Regularization
-        from decaylab.training.run_files import RunPaths, load_run_config
+        from decaylab.runfolder.layout import RunPaths, load_run_config
 
         config = load_run_config(run)
         vocab = load_tokenizer(RunPaths(Path(run)).tokenizer).get_vocab_size()

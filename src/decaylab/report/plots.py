@@ -234,13 +234,13 @@ def gap_curve(sweep: SweepData) -> Figure:
     return fig
 
 
-def _lambda_colors(lambdas: Sequence[float]) -> tuple[LogNorm | None, Any]:
+def _lambda_norm(lambdas: Sequence[float]) -> LogNorm | None:
     """A log-λ colour scale over the positive λ values (None when there are none)."""
     positive = [v for v in lambdas if v > 0]
     if not positive:
-        return None, LAMBDA_CMAP
+        return None
     low, high = min(positive), max(positive)
-    return LogNorm(low, high if high > low else low * 10), LAMBDA_CMAP
+    return LogNorm(low, high if high > low else low * 10)
 
 
 def _color_of(lam: float, norm: LogNorm | None) -> Any:
@@ -287,7 +287,7 @@ def learning_curves(sweep: SweepData) -> Figure:
     """Train and validation loss per epoch for each λ, coloured by log λ, the best epoch marked."""
     families = _families(sweep)
     fig, axes = _panel_grid(len(families))
-    norm, cmap = _lambda_colors([p.lam for p in sweep.points])
+    norm = _lambda_norm([p.lam for p in sweep.points])
     for ax, (title, members) in zip(axes, families, strict=True):
         for point in members:
             run = sweep.run_of(point)
@@ -330,7 +330,7 @@ def norm_curves(sweep: SweepData) -> Figure:
     """Norm of the decayed parameters over training, one line per λ."""
     families = _families(sweep)
     fig, axes = _panel_grid(len(families))
-    norm, _ = _lambda_colors([p.lam for p in sweep.points])
+    norm = _lambda_norm([p.lam for p in sweep.points])
     for ax, (title, members) in zip(axes, families, strict=True):
         for point in members:
             run = sweep.run_of(point)

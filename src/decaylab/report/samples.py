@@ -46,7 +46,7 @@ def translate_samples(models: list[tuple[str, Path]], n: int = 5) -> Samples:
 
         from decaylab.data.splits import load_splits
         from decaylab.generation import translate
-        from decaylab.training.load import load_trained
+        from decaylab.runfolder.load import load_trained
 
         first = load_trained(models[0][1], "best", device="cpu")
         pairs = pick_pairs(load_splits(first.config.data).valid, n)

@@ -18,11 +18,11 @@ from tokenizers import Tokenizer
 from decaylab.config import Config
 from decaylab.data.splits import Splits, load_splits
 from decaylab.data.tokenizer import load_tokenizer, train_tokenizer
+from decaylab.device import seed_everything
 from decaylab.errors import UserError
 from decaylab.files import atomic_write
 from decaylab.models import build_model
-from decaylab.training.checkpoint import model_tensors
-from decaylab.training.trainer import seed_everything
+from decaylab.runfolder.checkpoint import model_tensors
 
 TOKENIZER, INIT = "tokenizer.json", "init.safetensors"
 

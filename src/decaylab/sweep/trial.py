@@ -9,12 +9,13 @@ from typing import Any
 
 from decaylab.config import Config, build_config
 from decaylab.files import read_jsonl
+from decaylab.runfolder.checkpoint import load_trainer_state
+from decaylab.runfolder.layout import RunPaths
 from decaylab.sweep.folds import fold_splits
 from decaylab.sweep.points import Point, trial_config
 from decaylab.sweep.shared import load_shared
 from decaylab.sweep.store import SweepStore
-from decaylab.training import RunPaths, Trainer, TrainingDiverged
-from decaylab.training.checkpoint import load_trainer_state
+from decaylab.training import Trainer, TrainingDiverged
 
 # Statuses of a finished trials.jsonl row; anything else (or no row) means the trial still has work to do.
 FINISHED = ("done", "pruned", "diverged")

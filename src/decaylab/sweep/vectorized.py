@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from decaylab.runfolder.layout import RunPaths
 from decaylab.sweep.folds import fold_splits
 from decaylab.sweep.points import trial_config
 from decaylab.sweep.shared import load_shared
 from decaylab.sweep.store import SweepStore
 from decaylab.sweep.trial import TrialContext, TrialJob, checkpoint_step, checkpointed_history, trial_row
 from decaylab.sweep.workers import OnResult, TrialRunner
-from decaylab.training import RunPaths
 from decaylab.training.stacked import StackedTrainer
 
 STRATEGIES = ("grid", "cv", "halving")  # the strategies whose points are known before training starts

@@ -1,6 +1,5 @@
-"""The trainer loop, checkpoints, schedules and the run folder."""
+"""The trainer loop (one model, or K stacked replicas), its schedule and its progress bar."""
 
-from decaylab.training.run_files import RunPaths, load_run_config
 from decaylab.training.trainer import Trainer, TrainingDiverged, TrainResult, resume_run
 
-__all__ = ["RunPaths", "TrainResult", "Trainer", "TrainingDiverged", "load_run_config", "resume_run"]
+__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "resume_run"]

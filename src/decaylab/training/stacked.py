@@ -36,27 +36,20 @@ from tokenizers import Tokenizer
 
 from decaylab.config import Config, config_to_dict
 from decaylab.data.batching import collate
+from decaylab.data.prepare import encode_run_data, epoch_groups, total_steps
 from decaylab.data.splits import Splits
+from decaylab.device import autocast, resolve_device, seed_everything
 from decaylab.errors import UserError
-from decaylab.evaluation.metrics import autocast, corpus_losses, perplexity
+from decaylab.evaluation.metrics import corpus_losses, perplexity
 from decaylab.files import atomic_write_jsonl, read_jsonl
 from decaylab.models import build_model, count_parameters
 from decaylab.models.stacked_rnn import StackedSeq2Seq
 from decaylab.regularization import Regularization, ReplicaDecay, UnsupportedRule
 from decaylab.regularization.optim import base_optimizer
-from decaylab.training.checkpoint import load_trainer_state, resolve_checkpoint, save_checkpoint
-from decaylab.training.run_files import RunPaths, build_meta, write_run_header
+from decaylab.runfolder.checkpoint import load_trainer_state, resolve_checkpoint, save_checkpoint
+from decaylab.runfolder.layout import RunPaths, build_meta, write_run_header
 from decaylab.training.schedule import lr_multiplier
-from decaylab.training.trainer import (
-    KILL_ENV,
-    bleu_sample,
-    encode_run_data,
-    epoch_groups,
-    optimizer_kwargs,
-    resolve_device,
-    seed_everything,
-    total_steps,
-)
+from decaylab.training.trainer import KILL_ENV, bleu_sample, optimizer_kwargs
 
 # Settings that may differ between replicas; everything else must be equal (same data, batches and schedule).
 REPLICA_FIELDS = {"regularization": ("mode", "weight_decay", "l1", "decay_scaling"), "model": ("dropout",),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import shutil
 import signal
 import sys
@@ -15,22 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tokenizers import Tokenizer
 
 from decaylab.config import Config
-from decaylab.data.batching import Batch, EncodedPairs, bucket_batches, collate
+from decaylab.data.batching import Batch, collate
+from decaylab.data.prepare import encode_run_data, epoch_groups, total_steps
 from decaylab.data.splits import Splits, load_splits
-from decaylab.data.tokenizer import encode, load_tokenizer, train_tokenizer
+from decaylab.data.tokenizer import load_tokenizer, train_tokenizer
+from decaylab.device import autocast, resolve_device, seed_everything
 from decaylab.errors import UserError
-from decaylab.evaluation.metrics import autocast, corpus_loss, perplexity
+from decaylab.evaluation.metrics import corpus_loss, perplexity
 from decaylab.files import atomic_write_jsonl, read_jsonl
 from decaylab.models import build_model, count_parameters
 from decaylab.regularization import Regularization
-from decaylab.training.checkpoint import load_model_weights, load_trainer_state, save_checkpoint
+from decaylab.runfolder.checkpoint import load_model_weights, load_trainer_state, save_checkpoint
+from decaylab.runfolder.layout import RunPaths, build_meta, load_run_config, write_run_header
 from decaylab.training.progress import StepProgress
-from decaylab.training.run_files import RunPaths, build_meta, load_run_config, write_run_header
 from decaylab.training.schedule import lr_multiplier
 
 log = logging.getLogger(__name__)
@@ -43,61 +43,12 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when available; asking for CUDA without it is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device: 'cuda' was asked for but torch sees no CUDA device (use auto or cpu)")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch so the same config and seed give the same numbers."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def encode_pairs(tokenizer: Tokenizer, pairs: list) -> EncodedPairs:
-    """Token ids of a split (sources and targets end with EOS)."""
-    return EncodedPairs(encode(tokenizer, [p.source for p in pairs]), encode(tokenizer, [p.target for p in pairs]))
-
-
 def optimizer_kwargs(config: Config) -> dict[str, Any]:
     """The torch optimizer keywords of `train.optimizer` beyond lr (momentum for SGD, betas/eps for Adam)."""
     cfg = config.train
     if cfg.optimizer == "sgd":
         return {"momentum": cfg.momentum, "nesterov": cfg.nesterov}
     return {"betas": cfg.betas, "eps": cfg.eps}
-
-
-def eval_subset(n: int, limit: int | None, seed: int) -> list[int]:
-    """A fixed sample of indices (the train subset used for the eval-mode training loss)."""
-    if limit is None or n <= limit:
-        return list(range(n))
-    return sorted(random.Random(seed).sample(range(n), limit))
-
-
-def encode_run_data(config: Config, tokenizer: Tokenizer, splits: Splits
-                    ) -> tuple[EncodedPairs, EncodedPairs, EncodedPairs, EncodedPairs]:
-    """A run's encoded training and validation splits, and the fixed subsets each evaluation scores."""
-    train, valid = encode_pairs(tokenizer, splits.train), encode_pairs(tokenizer, splits.valid)
-    limit = config.train.max_eval_examples or len(valid)
-    return (train, valid, valid.subset(eval_subset(len(valid), limit, config.order_seed)),
-            train.subset(eval_subset(len(train), limit, config.order_seed)))
-
-
-def epoch_groups(config: Config, train: EncodedPairs, epoch: int) -> list[list[int]]:
-    """Example indices per batch of `epoch`: length-bucketed, in an order fixed by the data seed and the epoch."""
-    cfg = config.train
-    return bucket_batches(train.lengths, cfg.batch_tokens, cfg.max_batch_size,
-                          seed=config.order_seed * 100_003 + epoch)
-
-
-def total_steps(config: Config, train: EncodedPairs) -> int:
-    """Optimizer steps of the whole run (`train.max_steps`, else every epoch's batches): the schedule's length."""
-    return config.train.max_steps or sum(len(epoch_groups(config, train, e)) for e in range(config.train.epochs))
 
 
 @dataclass

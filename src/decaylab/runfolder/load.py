@@ -11,11 +11,11 @@ from torch import nn
 
 from decaylab.config import Config
 from decaylab.data.tokenizer import load_tokenizer
+from decaylab.device import resolve_device
 from decaylab.errors import UserError
 from decaylab.models import build_model
-from decaylab.training.checkpoint import load_model_weights
-from decaylab.training.run_files import RunPaths, load_run_config
-from decaylab.training.trainer import resolve_device
+from decaylab.runfolder.checkpoint import load_model_weights
+from decaylab.runfolder.layout import RunPaths, load_run_config
 
 CHECKPOINTS = ("best", "last")
 
