@@ -14,7 +14,7 @@ import torch
 from decaylab.files import read_jsonl
 from decaylab.sweep import sweep
 from decaylab.training import Trainer
-from decaylab.training.trainer import KILL_ENV
+from decaylab.training.loop import KILL_ENV, TrainingLoop
 from tests.conftest import TINY_OVERRIDES, tiny_config
 
 CLI = [sys.executable, "-m", "decaylab.cli"]
@@ -156,18 +156,18 @@ def test_resume_after_sigkill_recomputes_nothing(tmp_path: Path, monkeypatch: py
     done_mtime = done_metrics.stat().st_mtime_ns
 
     steps = []
-    original = Trainer._settle
+    original = TrainingLoop._settle
 
     def counting(self, step, *args):
         steps.append(step)
         return original(self, step, *args)
 
-    monkeypatch.setattr(Trainer, "_settle", counting)
+    monkeypatch.setattr(TrainingLoop, "_settle", counting)
     result = sweep(resume=out)
     # second trial: steps 5..12 after its checkpoint at 4; third trial: all 12; nothing of the first trial
     assert len(steps) == 8 + 12
     assert done_metrics.stat().st_mtime_ns == done_mtime
-    monkeypatch.setattr(Trainer, "_settle", original)
+    monkeypatch.setattr(TrainingLoop, "_settle", original)
     fresh = sweep(tiny_config(*extra), lambdas="1e-2,1", modes="decoupled", output=tmp_path / "fresh", final=False)
     assert stable(result.trials) == stable(fresh.trials)
     assert result.best == fresh.best
@@ -213,13 +213,13 @@ def test_optuna_resume_continues_the_cut_off_trial(tmp_path: Path, monkeypatch: 
                             timeout=120)
     assert killed.returncode == -9, killed.stderr
     steps = []
-    original = Trainer._settle
+    original = TrainingLoop._settle
 
     def counting(self, step, *args):
         steps.append(step)
         return original(self, step, *args)
 
-    monkeypatch.setattr(Trainer, "_settle", counting)
+    monkeypatch.setattr(TrainingLoop, "_settle", counting)
     result = sweep(resume=out, final=False)
     assert steps[:6] == [6, 7, 8, 9, 10, 11]  # the λ = 0 trial went on from its checkpoint at step 6
     study = optuna.load_study(study_name="o", storage=f"sqlite:///{out / 'optuna.db'}")

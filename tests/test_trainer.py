@@ -15,7 +15,7 @@ from decaylab.errors import UserError
 from decaylab.files import read_jsonl
 from decaylab.runfolder.checkpoint import load_trainer_state
 from decaylab.training import Trainer, TrainingDiverged, resume_run
-from decaylab.training.trainer import KILL_ENV
+from decaylab.training.loop import KILL_ENV
 from tests.conftest import tiny_config
 
 VOLATILE = {"wall_s", "tokens_per_s"}

@@ -16,8 +16,8 @@ from decaylab.models import build_model
 from decaylab.models.stacked_rnn import StackedSeq2Seq
 from decaylab.sweep import sweep
 from decaylab.training import Trainer
+from decaylab.training.loop import KILL_ENV
 from decaylab.training.stacked import StackedTrainer
-from decaylab.training.trainer import KILL_ENV
 from tests.conftest import tiny_config
 from tests.test_sweep import CLI, stable, tiny_flags
 

@@ -1,4 +1,4 @@
-"""The trainer loop (one model, or K stacked replicas), its schedule and its progress bar."""
+"""The one training loop (loop.py) and its engines: one model (trainer.py) or K stacked replicas (stacked.py)."""
 
 from decaylab.training.trainer import Trainer, TrainingDiverged, TrainResult, resume_run
 

@@ -1,17 +1,16 @@
-"""Train K configurations that differ only in regularization and dropout at once, as one stacked model.
+"""The stacked engine: K configurations that differ only in regularization, dropout and seed, as one stacked model.
 
-The engine of `decaylab sweep --vectorized`. Every replica sees the batches a single run of its config sees
-(same seed, same bucket order, same schedule) and follows its independent run's trajectory to float rounding:
+The engine of `decaylab sweep --vectorized`, driven by the one training loop (loop.py). Every replica sees the
+batches a single run of its config sees (same data order, same schedule) and follows its independent run's
+trajectory to float rounding:
 - forward/backward: `StackedSeq2Seq` (batched GEMMs over the replica dimension);
-- one optimizer (Adam or SGD, `weight_decay=0`) on the stacked tensors: both are elementwise, so replica k's
-  slice gets exactly its own update;
-- regularization per replica and per tensor, in the order a single run applies it: `l2` (λ·m·w) and `l1`
-  (λ₁·m·sign w) join the gradient before clipping (they are loss terms), `coupled` (λ·m·w) after clipping
-  (torch Adam/SGD add it inside the step), `decoupled` multiplies w by 1 − c_t·λ·m before the step (AdamW's
-  and SGDW's order);
-- gradient clipping per replica (the norm over that replica's slices of every gradient);
-- early stopping, epoch budgets and divergence per replica: a replica that stops leaves the stack (its slices
-  are dropped), so the others run faster and are unaffected.
+- one optimizer (Adam or SGD, `weight_decay=0`, `regularization.optim.base_optimizer`) on the stacked tensors: both
+  are elementwise, so replica k's slice gets exactly its own update;
+- every decay rule per replica and per tensor through `ReplicaDecay` (the rule registry's kernels), in a single
+  run's order: loss terms before clipping, clipping per replica, gradient terms after, decoupled decay before the
+  update; a rule without a stacked kernel is refused by name;
+- early stopping, epoch budgets and divergence per replica are the loop's: a replica that stops leaves the stack
+  (its slices are dropped), so the others run faster and are unaffected.
 Each replica writes the ordinary run folder of a single run (config, meta, metrics.jsonl, best/last checkpoints
 with a `Trainer`-format optimizer state), so `Trainer(resume=True)` can continue any of them, and a killed
 vectorized run resumes from those folders.
@@ -20,11 +19,6 @@ vectorized run resumes from those folders.
 from __future__ import annotations
 
 import copy
-import math
-import os
-import signal
-import sys
-import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +29,8 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from decaylab.config import Config, config_to_dict
-from decaylab.data.batching import collate
-from decaylab.data.prepare import encode_run_data, epoch_groups, total_steps
+from decaylab.data.batching import Batch
+from decaylab.data.prepare import encode_run_data, total_steps
 from decaylab.data.splits import Splits
 from decaylab.device import autocast, resolve_device, seed_everything
 from decaylab.errors import UserError
@@ -48,8 +42,9 @@ from decaylab.regularization import Regularization, ReplicaDecay, UnsupportedRul
 from decaylab.regularization.optim import base_optimizer
 from decaylab.runfolder.checkpoint import load_trainer_state, resolve_checkpoint, save_checkpoint
 from decaylab.runfolder.layout import RunPaths, build_meta, write_run_header
+from decaylab.training.loop import RunState, TrainingLoop, fresh_progress
 from decaylab.training.schedule import lr_multiplier
-from decaylab.training.trainer import KILL_ENV, bleu_sample, optimizer_kwargs
+from decaylab.training.trainer import bleu_sample, optimizer_kwargs
 
 # Settings that may differ between replicas; everything else must be equal (same data, batches and schedule).
 REPLICA_FIELDS = {"regularization": ("mode", "weight_decay", "l1", "decay_scaling"), "model": ("dropout",),
@@ -76,24 +71,11 @@ def replica_seed(seed: int, name: str) -> int:
 
 
 @dataclass(eq=False)
-class Replica:
-    """One configuration in the stack and its bookkeeping (kept when it leaves the stack)."""
+class Replica(RunState):
+    """One configuration in the stack: its loop bookkeeping plus what the stacked engine keeps for it."""
 
-    name: str
-    config: Config
-    paths: RunPaths
-    budget: float | None
-    groups: list[dict[str, Any]]  # its Trainer optimizer's param_groups (names, hyperparameters)
-    generator: torch.Generator
-    progress: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    status: str | None = None  # None while training; done | diverged
-    loss_sum: float = 0.0
-
-    @property
-    def reg(self) -> dict[str, Any]:
-        """Its regularization section."""
-        return self.config.regularization.model_dump()
+    groups: list[dict[str, Any]] = field(default_factory=list)  # its Trainer optimizer's param_groups
+    generator: torch.Generator | None = None  # its dropout stream
 
 
 class StackedTrainer:
@@ -152,6 +134,8 @@ class StackedTrainer:
         plan = Regularization(**self.replicas[0].reg).plan(self.template)
         self.multiplier = {info.name: (info.multiplier if info.decayed else 0.0) for info in plan.params}
         self.total_steps = total_steps(base, self.train_data)
+        self.config = base  # what every replica shares (data, batches, schedule): the loop reads it
+        self._saved: tuple[tuple[int, int], dict[str, torch.Tensor]] | None = None
 
         weights, states, sched_state, lr = self._start(resume)
         self.active = [r for r in self.replicas if r.status is None]
@@ -179,7 +163,8 @@ class StackedTrainer:
             raise UserError(f"regularization: {exc}") from None
         generator = torch.Generator(device=self.device)
         generator.manual_seed(replica_seed(config.seed, name))
-        return Replica(name, config, RunPaths(run_dir), budget, optimizer.state_dict()["param_groups"], generator)
+        return Replica(name, config, RunPaths(run_dir), budget, groups=optimizer.state_dict()["param_groups"],
+                       generator=generator)
 
     def _start(self, resume: bool):
         """Fresh replicas start from the template; a replica with a checkpoint continues from it."""
@@ -212,8 +197,7 @@ class StackedTrainer:
                 sched_state, lr = state["scheduler"], state["optimizer"]["param_groups"][0]["lr"]
             else:
                 weights[replica.name] = self.initial[replica.name]
-                replica.progress = {"step": 0, "epoch": 0, "batch": 0, "best_val_loss": math.inf, "best_step": -1,
-                                    "bad_evals": 0, "wall_s": 0.0, "stopped_early": False}
+                replica.progress = fresh_progress()
                 write_run_header(paths, replica.config, self._meta(replica))
                 self.tokenizer.save(str(paths.tokenizer))
                 atomic_write_jsonl(paths.metrics, [])
@@ -287,39 +271,22 @@ class StackedTrainer:
     def _shape(self, values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return values.view(-1, *([1] * (p.dim() - 1)))
 
-    def _train_step(self, batch) -> list[float]:
-        """One step of every active replica; returns each one's mean task loss (NaN marks a diverged one)."""
+    def train_step(self, batch: Batch) -> torch.Tensor:
+        """One step of every active replica: [K, 2] (task loss, task loss + penalty) on the device."""
         cfg = self.base.train
         with autocast(self.device, cfg.precision):
             task = self.model(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
                               label_smoothing=cfg.label_smoothing, target_index=batch.target_index) / batch.n_tokens
-        # as the Trainer: a replica whose loss with its penalty overflows has diverged too (one host sync for both)
         losses = task.detach().float()
-        if self.decay.has_penalty:
-            values, totals = torch.stack([losses, losses + self.penalties()]).tolist()
-        else:
-            values = totals = losses.tolist()
-        finite = [i for i, (v, t) in enumerate(zip(values, totals, strict=True))
-                  if math.isfinite(v) and math.isfinite(t)]
+        # as the Trainer: a replica whose loss with its penalty overflows has diverged too (read back by the loop)
+        totals = losses + self.decay.penalties() if self.decay.has_penalty else losses
         for p in self.params.values():
             p.grad = None
-        if not finite:
-            self._diverge(list(self.active))
-            return []
-        (task if len(finite) == len(values) else task[finite]).sum().backward()
-        if len(finite) < len(values):
-            self._diverge([r for i, r in enumerate(self.active) if i not in finite])
-            values = [values[i] for i in finite]
+        # a replica's non-finite loss reaches only its own slices (the sum's gradient is 1 for each replica, and
+        # clipping, the rules and the optimizer act per replica); the loop takes it out of the stack
+        task.sum().backward()
         self._regularize_and_step()
-        return values
-
-    def _diverge(self, diverged: list[Replica]) -> None:
-        for replica in diverged:
-            replica.status = "diverged"
-            step = replica.progress["step"] + 1
-            self._say(f"{replica.name}: step {step}: the loss became non-finite; stopped, the last good checkpoint "
-                      f"is in {replica.paths.last}")
-        self._drop(diverged)
+        return torch.stack([losses, totals], dim=1)
 
     @torch.no_grad()
     def _regularize_and_step(self) -> None:
@@ -338,7 +305,7 @@ class StackedTrainer:
 
     # -- evaluation ----------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> list[dict[str, float]]:
+    def evaluate_runs(self) -> list[dict[str, float]]:
         """Each active replica's evaluation row fields (as `Trainer.evaluate`)."""
         precision = self.base.train.precision
         val = corpus_losses(self.model, self.valid_eval, self.device, precision=precision).tolist()
@@ -395,90 +362,31 @@ class StackedTrainer:
             result["rng_cuda"] = torch.cuda.get_rng_state_all()
         return result
 
-    # -- the loop ------------------------------------------------------------------------------------
+    # -- the engine the loop calls (training/loop.py) ------------------------------------------------
+    def lr(self) -> float:
+        """The learning rate of the step just taken (shared by every replica)."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def save(self, k: int, run: RunState, best: bool) -> None:
+        """Active replica k's `checkpoints/best` or `checkpoints/last` (a `Trainer`-format trainer state)."""
+        key = (k, run.progress["step"])
+        if self._saved is None or self._saved[0] != key:  # best and last of one evaluation share one copy
+            self._saved = (key, self.replica_tensors(k))
+        tensors = self._saved[1]
+        if best:
+            save_checkpoint(run.paths.best, tensors, None)
+        else:
+            save_checkpoint(run.paths.last, tensors, self._trainer_state(k, run))
+
+    def drop(self, runs: list[RunState]) -> None:
+        """Take stopped replicas out of the stack."""
+        self._saved = None
+        self._drop([r for r in runs if r in self.active])
+
     def fit(self) -> list[Replica]:
         """Train every active replica to the end of its schedule, budget or patience; returns all replicas."""
-        cfg = self.base.train
-        if not self.active:
-            return self.replicas
-        kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
-        lead = self.active[0].progress
-        step, epoch, batch_index = lead["step"], lead["epoch"], lead["batch"]
-        starts = {r.name: time.perf_counter() - r.progress["wall_s"] for r in self.active}
-        tok_sum, window = 0, time.perf_counter()
-        while self.active and epoch < cfg.epochs and step < self.total_steps:
-            groups = epoch_groups(self.base, self.train_data, epoch)
-            data = self.train_data
-            for index in range(batch_index, len(groups)):
-                batch = collate([data.sources[i] for i in groups[index]],
-                                [data.targets[i] for i in groups[index]]).to(self.device)
-                values = self._train_step(batch)
-                if not self.active:
-                    break
-                for replica, value in zip(self.active, values, strict=True):
-                    replica.loss_sum += value * batch.n_tokens
-                tok_sum += batch.n_tokens
-                step += 1
-                batch_index = index + 1
-                if kill_after and step == kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                end_of_epoch = batch_index == len(groups)
-                if end_of_epoch:
-                    epoch, batch_index = epoch + 1, 0
-                due = (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch)
-                last = step >= self.total_steps or (end_of_epoch and epoch >= cfg.epochs)
-                if due or last:
-                    position = {"step": step, "epoch": epoch, "batch": batch_index,
-                                "fraction": batch_index / len(groups)}
-                    self._evaluate_and_save(position, tok_sum, time.perf_counter() - window, starts, last)
-                    tok_sum, window = 0, time.perf_counter()
-                if not self.active or step >= self.total_steps:
-                    break
-        for replica in self.active:
-            replica.status = "done"
+        TrainingLoop(self, quiet=self.quiet).fit()
         return self.replicas
-
-    def _evaluate_and_save(self, position: dict[str, Any], tokens: int, elapsed: float, starts: dict[str, float],
-                           last: bool) -> None:
-        cfg = self.base.train
-        fields = self.evaluate()
-        lr = self.optimizer.param_groups[0]["lr"]
-        leaving = []
-        for k, (replica, extra) in enumerate(zip(self.active, fields, strict=True)):
-            progress = replica.progress
-            progress.update(step=position["step"], epoch=position["epoch"], batch=position["batch"])
-            row = {"step": position["step"], "epoch": round(position["epoch"] + position["fraction"], 4),
-                   "train_loss": replica.loss_sum / max(1, tokens), "lr": lr,
-                   "tokens_per_s": tokens / max(elapsed, 1e-9), **extra}
-            progress["wall_s"] = time.perf_counter() - starts[replica.name]
-            row["wall_s"] = progress["wall_s"]
-            replica.history.append(row)
-            replica.loss_sum = 0.0
-            improved = row["val_loss"] < progress["best_val_loss"]
-            tensors = self.replica_tensors(k)
-            if improved:
-                progress.update(best_val_loss=row["val_loss"], best_step=row["step"], bad_evals=0)
-                save_checkpoint(replica.paths.best, tensors, None)
-            else:
-                progress["bad_evals"] += 1
-            if cfg.patience and progress["bad_evals"] >= cfg.patience:
-                progress["stopped_early"] = True
-            atomic_write_jsonl(replica.paths.metrics, replica.history)
-            save_checkpoint(replica.paths.last, tensors, self._trainer_state(k, replica))
-            budget_reached = replica.budget is not None and row["epoch"] >= replica.budget - 1e-9
-            if progress["stopped_early"] or budget_reached or last:
-                replica.status = "done"
-                leaving.append(replica)
-        self._say(f"step {position['step']}: val loss " + " ".join(
-            f"{r.name}={r.history[-1]['val_loss']:.4f}" for r in self.active))
-        if leaving and not last:
-            self._drop(leaving)
-        elif last:
-            self.active = []
-
-    def _say(self, message: str) -> None:
-        if not self.quiet:
-            print(message, file=sys.stderr, flush=True)
 
 
 def _stack_slot(values: list[Any], device: torch.device) -> Any:

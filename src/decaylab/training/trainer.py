@@ -1,14 +1,11 @@
-"""The training loop: batches -> loss (+ penalty) -> step (+ decay) -> evaluate -> checkpoint, resumable."""
+"""One model's training: batch -> loss (+ penalty) -> clip -> step (+ decay); the loop (loop.py) does the rest."""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
-import signal
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +27,10 @@ from decaylab.models import build_model, count_parameters
 from decaylab.regularization import Regularization
 from decaylab.runfolder.checkpoint import load_model_weights, load_trainer_state, save_checkpoint
 from decaylab.runfolder.layout import RunPaths, build_meta, load_run_config, write_run_header
-from decaylab.training.progress import StepProgress
+from decaylab.training.loop import RunState, TrainingLoop
 from decaylab.training.schedule import lr_multiplier
 
 log = logging.getLogger(__name__)
-
-# Fault injection for the resume test: SIGKILL this process right after the given optimizer step.
-KILL_ENV = "DECAYLAB_KILL_AFTER_STEP"
 
 
 class TrainingDiverged(UserError):
@@ -68,17 +62,17 @@ class TrainResult:
 
 
 class Trainer:
-    """Trains one configuration into one run folder; `fit()` resumes when the folder holds a checkpoint."""
+    """Trains one configuration into one run folder; `fit()` resumes when the folder holds a checkpoint.
+
+    The single-model engine of the training loop (loop.py): it builds the model, optimizer and schedule and
+    computes a step; the loop does the run's bookkeeping.
+    """
 
     def __init__(self, config: Config, run_dir: Path, *, splits: Splits | None = None,
                  tokenizer: Tokenizer | None = None, resume: bool = False, quiet: bool = False,
                  init_weights: dict[str, torch.Tensor] | None = None,
                  on_evaluate: Callable[[dict[str, Any]], None] | None = None):
         self.config = config
-        # Called with each metrics row after it is written and checkpointed; an exception it raises (e.g. a
-        # sweep pruning the trial) ends training with everything up to that evaluation on disk.
-        self.on_evaluate = on_evaluate
-        self.progress_bar: StepProgress | None = None  # set while fit() runs
         self.paths = RunPaths(Path(run_dir))
         self.quiet = quiet
         self.resume = resume
@@ -121,6 +115,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_multiplier(cfg.schedule, cfg.warmup_steps, self.total_steps))
         self.n_params = count_parameters(self.model)
+        # the one run this engine trains, as the loop sees it
+        self.run = RunState(self.paths.root.name, config, self.paths, on_evaluate=on_evaluate)
+        self.active: list[RunState] = [self.run]
 
     def _epoch_groups(self, epoch: int) -> list[list[int]]:
         """Example indices per batch for `epoch` (the order depends only on seed and epoch)."""
@@ -174,98 +171,57 @@ class Trainer:
         return bleu_sample(self.model, self.tokenizer, self.splits.valid[: self.config.train.bleu_examples],
                            self.device)
 
+    # -- the engine the loop calls (training/loop.py): one run, K = 1 ----------------------------------
+    def train_step(self, batch: Batch) -> torch.Tensor:
+        """One optimizer step: [[task loss, task loss + penalty]] on the device."""
+        return self._train_step(batch).unsqueeze(0)
+
+    def evaluate_runs(self) -> list[dict[str, float]]:
+        """The run's evaluation fields, as a list of one."""
+        return [self.evaluate()]
+
+    def lr(self) -> float:
+        """The learning rate of the step just taken."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def save(self, k: int, run: RunState, best: bool) -> None:
+        """`checkpoints/best` (weights) or `checkpoints/last` (weights + optimizer, schedule, progress, RNG)."""
+        if best:
+            save_checkpoint(self.paths.best, self.model, None)
+        else:
+            save_checkpoint(self.paths.last, self.model, self._state(run.progress))
+
+    def drop(self, runs: list[RunState]) -> None:
+        """The run stopped (done or diverged): nothing is left to train."""
+        self.active = [r for r in self.active if r not in runs]
+
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train until the epochs, max_steps or patience run out; returns the best evaluation."""
-        progress = {"step": 0, "epoch": 0, "batch": 0, "best_val_loss": math.inf, "best_step": -1,
-                    "bad_evals": 0, "wall_s": 0.0, "stopped_early": False}
-        history: list[dict[str, Any]] = []
+        run = self.run
         if self.resume and (self.paths.last.exists() or self.paths.last.with_name("last.old").exists()):
-            progress = self._restore()
-            history = [row for row in read_jsonl(self.paths.metrics) if row["step"] <= progress["step"]]
-            self._say(f"resuming {self.paths.root} at step {progress['step']} (epoch {progress['epoch']})")
+            run.progress = self._restore()
+            run.history = [row for row in read_jsonl(self.paths.metrics) if row["step"] <= run.progress["step"]]
+            if not self.quiet:
+                print(f"resuming {self.paths.root} at step {run.progress['step']} (epoch {run.progress['epoch']})",
+                      file=sys.stderr, flush=True)
         else:
             write_run_header(self.paths, self.config, build_meta(
                 self.config, self.splits.fingerprint, self.splits.sizes(), self.splits.origin, self.device,
                 self.n_params))
             atomic_write_jsonl(self.paths.metrics, [])
-        kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
-        writer = self._tensorboard()
+        done = run.progress["stopped_early"] or run.progress["step"] >= self.total_steps
+        self.active = [] if done else [run]
         self.model.train()
-        started = time.perf_counter() - progress["wall_s"]
-        done = progress["stopped_early"] or progress["step"] >= self.total_steps
-        self.progress_bar = StepProgress(self.total_steps, progress["step"], self.quiet)
-        try:
-            with self.progress_bar:
-                self._fit_loop(progress, history, writer, started, kill_after, done)
-        finally:
-            self.progress_bar = None
-            if writer is not None:
-                writer.close()
-        return TrainResult(self.paths.root, progress["best_val_loss"], progress["best_step"], history,
+        TrainingLoop(self, quiet=self.quiet).fit()
+        if run.status == "diverged":
+            step, total = run.diverged_at
+            raise TrainingDiverged(
+                f"step {step}: the loss became {total} (lower train.lr, set train.clip_norm, or check the data); "
+                f"stopped, the last good checkpoint is in {self.paths.last}")
+        progress = run.progress
+        return TrainResult(self.paths.root, progress["best_val_loss"], progress["best_step"], run.history,
                            progress["stopped_early"])
-
-    def _fit_loop(self, progress: dict[str, Any], history: list[dict[str, Any]], writer, started: float,
-                  kill_after: int, done: bool) -> None:
-        """The epochs and steps of `fit`, updating `progress` and `history` in place."""
-        cfg = self.config.train
-        window = {"loss_sum": 0.0, "tokens": 0}
-        window_start = time.perf_counter()
-        # A step's loss is read back (and checked) after the next step has been queued: on a GPU, reading it at
-        # once would leave the device idle while the host queues the next step. A non-finite loss therefore
-        # stops training one step later, still before anything is evaluated or written.
-        pending: tuple[int, torch.Tensor, int] | None = None
-        while not done and progress["epoch"] < cfg.epochs:
-            batches = self._epoch_batches(progress["epoch"])
-            for index in range(progress["batch"], len(batches)):
-                losses = self._train_step(batches[index].to(self.device))
-                if pending is not None:
-                    self._settle(*pending, window)
-                pending = (progress["step"], losses, batches[index].n_tokens)
-                progress["step"] += 1
-                progress["batch"] = index + 1
-                if kill_after and progress["step"] == kill_after:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                end_of_epoch = index + 1 == len(batches)
-                if end_of_epoch:
-                    progress["epoch"] += 1
-                    progress["batch"] = 0
-                due = (cfg.eval_every and progress["step"] % cfg.eval_every == 0) or \
-                    (not cfg.eval_every and end_of_epoch)
-                last_step = progress["step"] >= self.total_steps or (end_of_epoch and progress["epoch"] >= cfg.epochs)
-                if due or last_step:
-                    self._settle(*pending, window)
-                    pending = None
-                    elapsed = time.perf_counter() - window_start
-                    row = {"step": progress["step"], "epoch": round(progress["epoch"] + progress["batch"]
-                                                                     / len(batches), 4),
-                           "train_loss": window["loss_sum"] / max(1, window["tokens"]),
-                           "lr": self.optimizer.param_groups[0]["lr"],
-                           "tokens_per_s": window["tokens"] / max(elapsed, 1e-9)}
-                    row.update(self.evaluate())
-                    progress["wall_s"] = time.perf_counter() - started
-                    row["wall_s"] = progress["wall_s"]
-                    history.append(row)
-                    improved = row["val_loss"] < progress["best_val_loss"]
-                    if improved:
-                        progress.update(best_val_loss=row["val_loss"], best_step=row["step"], bad_evals=0)
-                        save_checkpoint(self.paths.best, self.model, None)
-                    else:
-                        progress["bad_evals"] += 1
-                    if cfg.patience and progress["bad_evals"] >= cfg.patience:
-                        progress["stopped_early"] = True
-                    atomic_write_jsonl(self.paths.metrics, history)
-                    save_checkpoint(self.paths.last, self.model, self._state(progress))
-                    self._report(row, improved, writer)
-                    if self.on_evaluate is not None:
-                        self.on_evaluate(row)
-                    window.update(loss_sum=0.0, tokens=0)
-                    window_start = time.perf_counter()
-                    if progress["stopped_early"]:
-                        self._say(f"early stopping: no val-loss improvement in {cfg.patience} evaluations")
-                if progress["stopped_early"] or progress["step"] >= self.total_steps:
-                    done = True
-                    break
 
     def _train_step(self, batch: Batch) -> torch.Tensor:
         """One optimizer step; returns [mean task loss per target token, that plus the penalty] on the device."""
@@ -289,45 +245,6 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         return torch.stack([task.detach().float(), loss.detach().float()])
-
-    def _settle(self, step: int, losses: torch.Tensor, n_tokens: int, window: dict[str, float]) -> None:
-        """Read back a step's losses (one host sync for both): stop on a non-finite one, else count it."""
-        value, total = losses.tolist()
-        if not (math.isfinite(value) and math.isfinite(total)):
-            raise TrainingDiverged(
-                f"step {step + 1}: the loss became {total} (lower train.lr, set train.clip_norm, or check the data); "
-                f"stopped, the last good checkpoint is in {self.paths.last}")
-        window["loss_sum"] += value * n_tokens
-        window["tokens"] += n_tokens
-        self.progress_bar.step(value)
-
-    # -- reporting -----------------------------------------------------------------------------------
-    def _tensorboard(self):
-        if not self.config.train.tensorboard:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UserError("train.tensorboard: needs the tensorboard package "
-                            "(pip install 'decaylab[tensorboard]')") from None
-        return SummaryWriter(str(self.paths.root / "tensorboard"))
-
-    def _report(self, row: dict[str, Any], improved: bool, writer) -> None:
-        if writer is not None:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    writer.add_scalar(key, value, row["step"])
-        extra = f" bleu {row['bleu']:.2f}" if "bleu" in row else ""
-        self._say(f"step {row['step']:>6} ep {row['epoch']:6.2f} | train {row['train_loss']:.4f} "
-                  f"| val {row['val_loss']:.4f} ppl {row['val_ppl']:.2f}{extra} | gap {row['gap']:+.4f} "
-                  f"| |w_decay| {row['decay_norm']:.2f} | {row['tokens_per_s']:.0f} tok/s"
-                  + (" *" if improved else ""))
-
-    def _say(self, message: str) -> None:
-        if self.progress_bar is not None:
-            self.progress_bar.say(message)
-        elif not self.quiet:
-            print(message, file=sys.stderr, flush=True)
 
 
 def bleu_sample(model: torch.nn.Module, tokenizer: Tokenizer, pairs: list, device: torch.device) -> dict[str, float]:
