@@ -20,10 +20,14 @@ zero, so this holds unless a weight is of order BIG / width).
 
 Only the LSTM: torch's CPU GRU has no oneDNN kernel (`aten::gru` is the per-step loop either way, and
 `mkldnn_rnn_layer` builds LSTM primitives only), so a padded GRU would do the pad steps as extra work for
-nothing. Under CPU autocast the outputs and states come in the autocast dtype, as oneDNN computes them.
+nothing. Under CPU autocast the outputs and states come in the autocast dtype, as oneDNN computes them; oneDNN
+builds a bf16 LSTM only on CPUs with bf16 instructions (AVX-512 BF16, AMX), so `fused_lstm_supported` tells the
+model when to keep the packed run instead.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -76,3 +80,27 @@ def run_padded(lstm: nn.LSTM, inputs: torch.Tensor, lengths: torch.Tensor
         finals_c.append(c)
     outputs = (layer_input * real.unsqueeze(-1).to(layer_input.dtype)).contiguous()
     return outputs, (torch.cat(finals_h), torch.cat(finals_c))
+
+
+def cpu_compute_dtype() -> torch.dtype:
+    """The dtype an LSTM computes in on the CPU right now: the CPU autocast dtype when it is on, else float32."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
+
+
+@functools.cache
+def fused_lstm_supported(dtype: torch.dtype) -> bool:
+    """Whether this CPU's oneDNN runs `run_padded` in `dtype`, forward and backward (probed once per dtype).
+
+    float32 always; bf16 needs bf16 instructions: on an AVX2-only CPU oneDNN cannot create the primitive.
+    """
+    if dtype == torch.float32:
+        return True
+    lstm = nn.LSTM(2, 2, batch_first=True)
+    inputs = torch.zeros(1, 2, 2, requires_grad=True)
+    try:
+        with torch.autocast("cpu", dtype=dtype):
+            outputs, _ = run_padded(lstm, inputs, torch.tensor([2]))
+        outputs.float().sum().backward()
+    except RuntimeError:
+        return False
+    return True

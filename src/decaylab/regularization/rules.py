@@ -127,18 +127,18 @@ RULES: dict[str, Rule] = {
     r.name: r
     for r in (
         Rule("none", Acts.NOWHERE, None, True, "no decay", "none", "#222222"),
-        Rule("l2", Acts.LOSS, "weight_decay", True, "loss += (λ/2)·Σ m‖w‖²", "L2 penalty", "#2ca02c",
+        Rule("l2", Acts.LOSS, "weight_decay", True, "loss += (λ/2)·Σ m‖w‖²", "l2 (penalty)", "#2ca02c",
              usual_range={"": (1e-5, 1e-1)}, penalty="l2_penalty",
              replica_kernel="add_l2_gradient_", replica_penalty="replica_l2_penalty"),
         Rule("coupled", Acts.GRADIENT, "weight_decay", True, "grad += λ·m·w after clipping (torch SGD/Adam)",
-             "coupled", "#d62728", optimizers=("sgd", "adam"),
+             "coupled (λw in the gradient)", "#d62728", optimizers=("sgd", "adam"),
              optimizer_hint="that optimizer applies weight decay decoupled from the gradient; use "
                             "mode='decoupled' with it, or optimizer 'sgd'/'adam' for coupled decay",
              usual_range={"": (1e-5, 1e-1)}, replica_kernel="add_l2_gradient_"),
         Rule("decoupled", Acts.DECOUPLED, "weight_decay", True, "w ← w − c_t·λ·m·w before the update (AdamW)",
-             "decoupled", "#1f77b4", usual_range={"lr": (1e-4, 1.0), "schedule": (1e-6, 1e-2)},
+             "decoupled (AdamW-style)", "#1f77b4", usual_range={"lr": (1e-4, 1.0), "schedule": (1e-6, 1e-2)},
              replica_kernel="decoupled_decay_"),
-        Rule("l1", Acts.LOSS, "l1", False, "loss += λ₁·Σ m‖w‖₁ (with any mode)", "L1 penalty", "#9467bd",
+        Rule("l1", Acts.LOSS, "l1", False, "loss += λ₁·Σ m‖w‖₁ (with any mode)", "l1 (penalty)", "#9467bd",
              penalty="l1_penalty", replica_kernel="add_l1_gradient_",
              replica_penalty="replica_l1_penalty"),
     )

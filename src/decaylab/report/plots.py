@@ -37,6 +37,12 @@ def mode_color(mode: str) -> str:
     return rule.color if rule is not None else f"C{sum(map(ord, mode)) % 10}"  # str hash() differs per process
 
 
+def mode_label(mode: str) -> str:
+    """The registered rule's legend label; the name itself for a name the registry does not know."""
+    rule = RULES.get(mode)
+    return rule.label if rule is not None else mode
+
+
 F = TypeVar("F", bound=Callable[..., Figure])
 
 
@@ -109,7 +115,9 @@ class Curve:
     points: list[Point]
 
     def label(self, several_dropouts: bool) -> str:
-        return f"{self.mode}, p = {self.dropout:g}" if several_dropouts and self.dropout is not None else self.mode
+        """The legend entry: the rule's registered label (and the dropout when several are compared)."""
+        name = mode_label(self.mode)
+        return f"{name}, p = {self.dropout:g}" if several_dropouts and self.dropout is not None else name
 
 
 def curves(points: list[Point]) -> list[Curve]:

@@ -38,7 +38,7 @@ from decaylab.evaluation.metrics import corpus_losses, perplexity
 from decaylab.files import atomic_write_jsonl, read_jsonl
 from decaylab.models import build_model, count_parameters
 from decaylab.models.stacked_rnn import StackedSeq2Seq
-from decaylab.regularization import Regularization, ReplicaDecay, UnsupportedRule
+from decaylab.regularization import RULES, Regularization, ReplicaDecay, UnsupportedRule
 from decaylab.regularization.optim import base_optimizer
 from decaylab.runfolder.checkpoint import load_trainer_state, resolve_checkpoint, save_checkpoint
 from decaylab.runfolder.layout import RunPaths, build_meta, write_run_header
@@ -47,7 +47,10 @@ from decaylab.training.schedule import lr_multiplier
 from decaylab.training.trainer import bleu_sample, optimizer_kwargs
 
 # Settings that may differ between replicas; everything else must be equal (same data, batches and schedule).
-REPLICA_FIELDS = {"regularization": ("mode", "weight_decay", "l1", "decay_scaling"), "model": ("dropout",),
+# The regularization fields are the registry's: the mode, the decay scaling and every rule's strength field.
+REPLICA_FIELDS = {"regularization": ("mode", "decay_scaling", *dict.fromkeys(r.strength for r in RULES.values()
+                                                                               if r.strength)),
+                  "model": ("dropout",),
                   "": ("seed",)}  # "" is the top level; the data order (`data_seed`) stays shared
 
 
