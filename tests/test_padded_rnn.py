@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from decaylab.config import ModelConfig
+from decaylab.config import RNNConfig
 from decaylab.data.batching import collate
 from decaylab.models import build_model
 from decaylab.models.padded_rnn import run_padded
@@ -78,7 +78,7 @@ def test_pad_steps_are_exact_no_ops() -> None:
 
 def test_model_encoder_on_cpu_equals_the_packed_encoder() -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(preset="tiny", cell="lstm", dropout=0.0), 40)
+    model = build_model(RNNConfig(preset="tiny", cell="lstm", dropout=0.0), 40)
     b = collate([[5, 6, 7, 2], [8, 2], [9, 10, 11, 12, 13, 2], [3, 2]], [[5, 2], [6, 7, 2], [8, 2], [9, 2]])
     memory = model.encode(b.src, b.src_len)
     outputs, final = model.run_encoder_packed(model.src_embed(b.src), b.src_len)
