@@ -43,7 +43,7 @@ def textbook_beam(model: nn.Module, src_ids: list[int], beam: int, max_len: int,
     """Per-sentence beam search with one model call per hypothesis (the common tutorial's loop)."""
     device = next(model.parameters()).device
     memory = model.encode(torch.tensor([src_ids], device=device), torch.tensor([len(src_ids)]))
-    alive: list[tuple[list[int], float, Any]] = [([], 0.0, memory.state)]
+    alive: list[tuple[list[int], float, Any]] = [([], 0.0, model.initial_state(memory))]
     finished: list[tuple[list[int], float]] = []
     for step in range(max_len + 1):
         candidates = []

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from decaylab.config import Config, ModelConfig, load_config
+from decaylab.config import Config, RNNConfig, load_config
 from decaylab.data.batching import Batch, collate
 from decaylab.data.tokenizer import PAD_ID
 from decaylab.evaluation.metrics import corpus_loss
@@ -69,7 +69,7 @@ DESCRIPTIONS = {
 class SeedSeq2Seq(nn.Module):
     """The seed's LSTM encoder-decoder as a user writes it: no packing, every position through every layer."""
 
-    def __init__(self, cfg: ModelConfig, vocab: int):
+    def __init__(self, cfg: RNNConfig, vocab: int):
         super().__init__()
         e, h, layers = cfg.embed_dim, cfg.hidden, cfg.layers
         between = cfg.dropout if layers > 1 else 0.0
@@ -158,7 +158,7 @@ def unfuse_optimizer(trainer: Trainer) -> None:
 
 
 # -- analytic FLOPs -------------------------------------------------------------------------------------------
-def useful_flops(cfg: ModelConfig, vocab: int, lengths: list[tuple[int, int]]) -> float:
+def useful_flops(cfg: RNNConfig, vocab: int, lengths: list[tuple[int, int]]) -> float:
     """Matmul FLOPs of forward + backward (3x forward) over real tokens only, summed over examples."""
     gates = 4 if cfg.cell == "lstm" else 3
     e, h = cfg.embed_dim, cfg.hidden
@@ -181,7 +181,7 @@ def useful_flops(cfg: ModelConfig, vocab: int, lengths: list[tuple[int, int]]) -
     return 3.0 * total
 
 
-def output_layer_share(cfg: ModelConfig, vocab: int, lengths: list[tuple[int, int]]) -> float:
+def output_layer_share(cfg: RNNConfig, vocab: int, lengths: list[tuple[int, int]]) -> float:
     """Fraction of the useful FLOPs spent in the vocabulary projection."""
     out_dim = cfg.embed_dim if cfg.tie_embeddings and cfg.embed_dim != cfg.hidden else cfg.hidden
     return 3.0 * sum(t for _, t in lengths) * 2 * out_dim * vocab / useful_flops(cfg, vocab, lengths)

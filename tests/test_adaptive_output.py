@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from decaylab.config import ModelConfig
+from decaylab.config import RNNConfig
 from decaylab.data.batching import collate
 from decaylab.errors import UserError
 from decaylab.generation import translate
@@ -22,7 +22,7 @@ ADAPTIVE = ["model.output=adaptive", "model.tie_embeddings=false"]
 
 def adaptive_model(cell: str = "gru", vocab: int = 40):
     torch.manual_seed(0)
-    return build_model(ModelConfig(preset="tiny", cell=cell, output="adaptive", tie_embeddings=False, dropout=0.0),
+    return build_model(RNNConfig(preset="tiny", cell=cell, output="adaptive", tie_embeddings=False, dropout=0.0),
                        vocab)
 
 
@@ -102,7 +102,7 @@ def test_bad_adaptive_settings_are_refused_by_name(overrides: list[str], message
 
 def test_cutoffs_beyond_the_vocabulary_are_refused() -> None:
     with pytest.raises(UserError, match="model.adaptive_cutoffs: must lie between 1 and"):
-        build_model(ModelConfig(preset="tiny", output="adaptive", tie_embeddings=False, adaptive_cutoffs=[10, 39]),
+        build_model(RNNConfig(preset="tiny", output="adaptive", tie_embeddings=False, adaptive_cutoffs=[10, 39]),
                     40)
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from decaylab.config import ModelConfig, TokenizerConfig
+from decaylab.config import RNNConfig, TokenizerConfig
 from decaylab.data.batching import collate
 from decaylab.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, decode, encode, train_tokenizer
 from decaylab.generation import beam_hypotheses, beam_search, greedy, max_lengths, sample, translate
@@ -37,7 +37,7 @@ def _one_thread():
 def make_model(seed: int = 0, vocab: int = VOCAB, eos_bias: float = 0.0, **kwargs) -> Seq2Seq:
     """An untrained tiny model in eval mode, with N(0, 1) embeddings (clear preferences) and a bias on EOS."""
     torch.manual_seed(seed)
-    model = Seq2Seq(ModelConfig(preset="tiny", **kwargs), vocab).eval()
+    model = Seq2Seq(RNNConfig(preset="tiny", **kwargs), vocab).eval()
     with torch.no_grad():
         for embedding in (model.src_embed, model.tgt_embed):  # the output layer is tied to tgt_embed
             embedding.weight.normal_()
@@ -113,7 +113,7 @@ class StepCounter:
 def train_copy_model(**kwargs) -> tuple[Seq2Seq, list[list[int]]]:
     """A tiny model trained 150 full-batch Adam steps to copy 64 random sequences; also returns them."""
     torch.manual_seed(0)
-    model = Seq2Seq(ModelConfig(preset="tiny", dropout=0.0, **kwargs), 12)
+    model = Seq2Seq(RNNConfig(preset="tiny", dropout=0.0, **kwargs), 12)
     data = random_sources(64, seed=123, low=4, high=10, lengths=(3, 7))
     batch = collate(data, data)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

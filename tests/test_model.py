@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decaylab.config import ModelConfig
+from decaylab.config import RNNConfig
 from decaylab.data.batching import collate
 from decaylab.data.tokenizer import PAD_ID
 from decaylab.models import build_model, count_parameters
@@ -23,7 +23,7 @@ def batch():
 def test_every_variant_runs_and_ignores_padding(cell: str, attention: str, bidirectional: bool) -> None:
     torch.manual_seed(0)
     model = build_model(
-        ModelConfig(preset="tiny", cell=cell, attention=attention, bidirectional=bidirectional, layers=2, dropout=0.0),
+        RNNConfig(preset="tiny", cell=cell, attention=attention, bidirectional=bidirectional, layers=2, dropout=0.0),
         VOCAB,
     )
     b = batch()
@@ -38,7 +38,7 @@ def test_every_variant_runs_and_ignores_padding(cell: str, attention: str, bidir
 
 def test_pad_embeddings_get_no_gradient() -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(preset="tiny", dropout=0.0, tie_embeddings=False), VOCAB)
+    model = build_model(RNNConfig(preset="tiny", dropout=0.0, tie_embeddings=False), VOCAB)
     b = batch()
     model(b.src, b.src_len, b.tgt_in, b.tgt_out).backward()
     assert model.src_embed.weight.grad[PAD_ID].abs().sum() == 0
@@ -48,7 +48,7 @@ def test_pad_embeddings_get_no_gradient() -> None:
 
 def test_changing_pad_ids_changes_nothing() -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(preset="tiny", dropout=0.0), VOCAB)
+    model = build_model(RNNConfig(preset="tiny", dropout=0.0), VOCAB)
     b = batch()
     loss = model(b.src, b.src_len, b.tgt_in, b.tgt_out)
     src = b.src.clone()
@@ -58,7 +58,7 @@ def test_changing_pad_ids_changes_nothing() -> None:
 
 def test_decoder_is_fed_the_target_not_the_source() -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(preset="tiny", dropout=0.0), VOCAB)
+    model = build_model(RNNConfig(preset="tiny", dropout=0.0), VOCAB)
     b = batch()
     other = b.tgt_in.clone()
     other[:, 1:] = torch.where(other[:, 1:] != PAD_ID, 21, PAD_ID)
@@ -66,15 +66,15 @@ def test_decoder_is_fed_the_target_not_the_source() -> None:
 
 
 def test_tied_output_shares_the_target_embedding() -> None:
-    model = build_model(ModelConfig(preset="tiny", tie_embeddings=True), VOCAB)
+    model = build_model(RNNConfig(preset="tiny", tie_embeddings=True), VOCAB)
     assert model.output.weight is model.tgt_embed.weight
-    untied = build_model(ModelConfig(preset="tiny", tie_embeddings=False), VOCAB)
+    untied = build_model(RNNConfig(preset="tiny", tie_embeddings=False), VOCAB)
     assert count_parameters(untied) > count_parameters(model)
 
 
 def test_step_matches_teacher_forcing() -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(preset="tiny", cell="lstm", dropout=0.0), VOCAB).eval()
+    model = build_model(RNNConfig(preset="tiny", cell="lstm", dropout=0.0), VOCAB).eval()
     b = batch()
     memory = model.encode(b.src, b.src_len)
     hidden, _ = model.decode(b.tgt_in, memory)
@@ -102,6 +102,6 @@ def test_target_index_selects_the_boolean_mask_rows() -> None:
     assert b.n_tokens == int((b.tgt_out != PAD_ID).sum())
     assert torch.equal(b.tgt_out.reshape(-1)[b.target_index], b.tgt_out[b.tgt_out != PAD_ID])
     torch.manual_seed(0)
-    model = build_model(ModelConfig(preset="tiny", dropout=0.0), VOCAB)
+    model = build_model(RNNConfig(preset="tiny", dropout=0.0), VOCAB)
     given = model(b.src, b.src_len, b.tgt_in, b.tgt_out, target_index=b.target_index)
     assert torch.equal(given, model(b.src, b.src_len, b.tgt_in, b.tgt_out))

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from decaylab.config import ModelConfig
+from decaylab.config import RNNConfig
 from decaylab.data.batching import collate
 from decaylab.models import build_model
 from decaylab.models.padded_rnn import cpu_compute_dtype, fused_lstm_supported, run_padded
@@ -114,7 +114,7 @@ def test_fused_lstm_support_is_probed_per_dtype() -> None:
 
 def test_model_encoder_on_cpu_equals_the_packed_encoder() -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(preset="tiny", cell="lstm", dropout=0.0), 40)
+    model = build_model(RNNConfig(preset="tiny", cell="lstm", dropout=0.0), 40)
     b = collate([[5, 6, 7, 2], [8, 2], [9, 10, 11, 12, 13, 2], [3, 2]], [[5, 2], [6, 7, 2], [8, 2], [9, 2]])
     memory = model.encode(b.src, b.src_len)
     outputs, final = model.run_encoder_packed(model.src_embed(b.src), b.src_len)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from decaylab.config import ModelConfig
+from decaylab.config import RNNConfig
 from decaylab.data.batching import collate
 from decaylab.data.tokenizer import PAD_ID
 from decaylab.errors import UserError
@@ -80,7 +80,7 @@ def test_fused_loss_rejects_bad_shapes() -> None:
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_model_loss_and_gradients_equal_the_unfused_reference(cell: str) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(preset="tiny", cell=cell, dropout=0.0), VOCAB)
+    model = build_model(RNNConfig(preset="tiny", cell=cell, dropout=0.0), VOCAB)
     b = batch()
     loss = model(b.src, b.src_len, b.tgt_in, b.tgt_out, label_smoothing=0.1)
     loss.backward()
@@ -101,7 +101,7 @@ def test_model_loss_and_gradients_equal_the_unfused_reference(cell: str) -> None
 @pytest.mark.parametrize("attention", ["dot", "general", "additive"])
 def test_grouped_memory_steps_equal_replicated_memory(attention: str) -> None:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(preset="tiny", attention=attention, dropout=0.0), VOCAB).eval()
+    model = build_model(RNNConfig(preset="tiny", attention=attention, dropout=0.0), VOCAB).eval()
     b = batch()
     k = 4
     with torch.no_grad():

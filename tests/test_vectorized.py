@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from decaylab.config import Config, ModelConfig, build_config, config_to_dict
+from decaylab.config import Config, RNNConfig, build_config, config_to_dict
 from decaylab.files import read_jsonl
 from decaylab.models import build_model
 from decaylab.models.stacked_rnn import StackedSeq2Seq
@@ -63,7 +63,7 @@ def run_both(configs: list[Config], tmp_path: Path, data, budgets=None):
                           if c[3] == 1 or c[2] in ("general", "additive")])
 def test_stacked_model_equals_each_seq2seq(cell, bidirectional, attention, layers, tie) -> None:
     torch.manual_seed(0)
-    cfg = ModelConfig(cell=cell, bidirectional=bidirectional, attention=attention, layers=layers,
+    cfg = RNNConfig(cell=cell, bidirectional=bidirectional, attention=attention, layers=layers,
                       tie_embeddings=tie, hidden=16, embed_dim=12, dropout=0.0)
     models = [build_model(cfg, 50) for _ in range(3)]
     names = [n for n, _ in models[0].named_parameters()]
@@ -232,3 +232,13 @@ def test_vectorized_options_are_checked(args: list[str], message: str, cli, tmp_
     assert result.code == 2
     assert message in result.err
     assert not (tmp_path / "x").exists()
+
+
+def test_stacked_trainer_refuses_another_arch(tmp_path: Path) -> None:
+    """The stacked model is the RNN's: a config of any other `model.arch` is refused by name."""
+    from decaylab.errors import UserError
+
+    base = tiny_config()
+    other = base.model_copy(update={"model": base.model.model_copy(update={"arch": "transformer"})})
+    with pytest.raises(UserError, match=r"needs model\.arch 'rnn' \(model\.arch is 'transformer'\)"):
+        StackedTrainer([other], [tmp_path / "r"], splits=None, tokenizer=None)

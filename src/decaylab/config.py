@@ -5,21 +5,25 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SerializerFunctionWrapHandler,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from decaylab.errors import UserError
 from decaylab.regularization.rules import DECAY_SCALINGS, DECAY_SETS, MODES
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # For tests: trains in seconds on the fixture.
-    "tiny": {"embed_dim": 32, "hidden": 64, "layers": 1, "bidirectional": True},
-    # The demo size: overfits a few thousand Bible verses within minutes on 2 CPU cores.
-    "small": {"embed_dim": 128, "hidden": 256, "layers": 1, "bidirectional": True},
-    "base": {"embed_dim": 256, "hidden": 512, "layers": 2, "bidirectional": True},
-}
 
 
 class Section(BaseModel):
@@ -67,17 +71,17 @@ class TokenizerConfig(Section):
     lowercase: bool = False
 
 
-class ModelConfig(Section):
-    """The encoder-decoder; `preset` fills sizes that are not given explicitly."""
+class ModelSection(Section):
+    """What every architecture's `model` section has; each architecture is a subclass (a member of `ModelConfig`).
 
-    arch: Literal["rnn"] = "rnn"
-    preset: Literal["tiny", "small", "base"] | None = None
-    cell: Literal["gru", "lstm"] = "gru"
-    embed_dim: int = Field(128, ge=1)
-    hidden: int = Field(256, ge=1)
-    layers: int = Field(1, ge=1, le=8)
-    bidirectional: bool = True
-    attention: Literal["dot", "general", "additive", "none"] = "general"
+    A member narrows `arch` to its own name (a Literal with that default), narrows `preset` to the names of its
+    `PRESETS` (sizes filled in where the config gives none), and adds its own fields.
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    arch: str
+    preset: str | None = None
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     tie_embeddings: bool = True
     output: Literal["full", "adaptive"] = Field(
@@ -87,7 +91,7 @@ class ModelConfig(Section):
         None, description="frequency ranks where the adaptive softmax's clusters start (default: V/4 and V/2)")
 
     @model_validator(mode="after")
-    def _adaptive_output_is_untied(self) -> ModelConfig:
+    def _adaptive_output_is_untied(self) -> ModelSection:
         if self.output == "adaptive" and self.tie_embeddings:
             raise ValueError("model.output=adaptive has its own output projections and cannot be tied to the target "
                              "embedding: set model.tie_embeddings=false")
@@ -103,10 +107,69 @@ class ModelConfig(Section):
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("preset") is not None:
-            preset = PRESETS.get(data["preset"])
-            if preset is not None:  # an unknown name is reported by the Literal check
+            preset = cls.PRESETS.get(data["preset"])
+            if preset is not None:  # an unknown name is reported by the member's Literal check
                 data = {**preset, **{k: v for k, v in data.items() if v is not None}}
         return data
+
+    @model_serializer(mode="wrap")
+    def _own_fields_after_preset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump `arch`, `preset`, the architecture's own fields, then the other common ones (the order config
+        files have always had)."""
+        data = handler(self)
+        common = ModelSection.model_fields
+        head = {key: data[key] for key in ("arch", "preset") if key in data}
+        return {**head, **{k: v for k, v in data.items() if k not in common},
+                **{k: v for k, v in data.items() if k in common and k not in head}}
+
+
+class RNNConfig(ModelSection):
+    """The GRU/LSTM encoder-decoder with attention (models/rnn.py); `preset` fills sizes not given explicitly."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # For tests: trains in seconds on the fixture.
+        "tiny": {"embed_dim": 32, "hidden": 64, "layers": 1, "bidirectional": True},
+        # The demo size: overfits a few thousand Bible verses within minutes on 2 CPU cores.
+        "small": {"embed_dim": 128, "hidden": 256, "layers": 1, "bidirectional": True},
+        "base": {"embed_dim": 256, "hidden": 512, "layers": 2, "bidirectional": True},
+    }
+
+    arch: Literal["rnn"] = "rnn"
+    preset: Literal["tiny", "small", "base"] | None = None
+    cell: Literal["gru", "lstm"] = "gru"
+    embed_dim: int = Field(128, ge=1)
+    hidden: int = Field(256, ge=1)
+    layers: int = Field(1, ge=1, le=8)
+    bidirectional: bool = True
+    attention: Literal["dot", "general", "additive", "none"] = "general"
+
+
+def _model_arch(value: Any) -> Any:
+    """The `ModelConfig` member to validate `value` with: its `arch`, "rnn" when it has none (older files)."""
+    if isinstance(value, dict):
+        return value.get("arch", "rnn")
+    return getattr(value, "arch", "rnn")  # a member instance; anything else fails in the rnn member's type check
+
+
+# The `model` section: one member per architecture, chosen by `model.arch` (a new architecture: one line here, its
+# module in models/ and its line in models.MODELS).
+ModelConfig = Annotated[
+    Union[  # noqa: UP007 (one member per line: a new architecture adds one)
+        Annotated[RNNConfig, Tag("rnn")],
+    ],
+    Discriminator(_model_arch),
+]
+
+
+def _members(union: Any) -> dict[str, type[ModelSection]]:
+    """arch -> member class of a `ModelConfig`-shaped annotation."""
+    inner = get_args(union)[0]  # the Union of tagged members, or the one member itself (Union[X] is X)
+    members = get_args(inner) if get_origin(inner) in (Union, UnionType) else (inner,)
+    classes = [get_args(m)[0] if get_origin(m) is Annotated else m for m in members]
+    return {cls.model_fields["arch"].default: cls for cls in classes}
+
+
+MODEL_CONFIGS = _members(ModelConfig)  # arch -> its config class
 
 
 class TrainConfig(Section):
@@ -177,7 +240,7 @@ class Config(Section):
     data_seed: int | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=RNNConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
@@ -199,14 +262,25 @@ def _format_validation_error(error: ValidationError, origin: str) -> str:
     """One line per problem: the dotted field, what was wrong, what was given."""
     parts = []
     for item in error.errors():
-        field = ".".join(str(loc) for loc in item["loc"]) or "(top level)"
-        message = item["msg"]
+        loc, message, given = item["loc"], item["msg"], item.get("input")
+        if loc[:1] == ("model",) and item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            # no member for this `model.arch`: name the field and the architectures, as a Literal error would
+            loc, given = ("model", "arch"), given.get("arch") if isinstance(given, dict) else given
+            message = f"Input should be {_choices(list(MODEL_CONFIGS))}"
+        elif loc[:1] == ("model",) and len(loc) > 1 and loc[1] in MODEL_CONFIGS:
+            loc = loc[:1] + loc[2:]  # pydantic puts the member's tag into the location: model.rnn.cell
+        field = ".".join(str(part) for part in loc) or "(top level)"
         if item["type"] == "extra_forbidden":
             message = "unknown key (check spelling; see `decaylab train --help` for the sections)"
-        given = item.get("input")
         shown = "" if isinstance(given, dict) or item["type"] == "missing" else f" (got {given!r})"
         parts.append(f"config field '{field}': {message}{shown}")
     return f"{origin}: " + "; ".join(parts)
+
+
+def _choices(values: list[str]) -> str:
+    """'a', 'b' or 'c', as pydantic lists a Literal's values."""
+    quoted = [repr(v) for v in values]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 _EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")

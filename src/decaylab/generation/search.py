@@ -1,11 +1,13 @@
-"""Batched decoding for the encoder-decoder: greedy, beam search and ancestral sampling.
+"""Batched decoding for any encoder-decoder meeting `models.contract.Seq2SeqModel`: greedy, beam search, sampling.
 
 Shared conventions:
 - `max_len` (an int, or a LongTensor with one value per row) bounds the number of output tokens, EOS not
   counted; `max_lengths` gives the usual floor(src_len * ratio) + extra.
 - Outputs exclude BOS and the final EOS. PAD and BOS are never generated (see `filtering.NEVER_GENERATED`).
 - Everything runs under `torch.inference_mode()` on the model's device; train/eval mode is the caller's choice.
-- Rows that are finished leave the batch (the memory and RNN state are compacted), so they cost nothing later.
+- Rows that are finished leave the batch (the memory and decoding state are compacted), so they cost nothing later.
+- The model's memory and state are opaque: only the model's `initial_state`, `step`, `reorder_state` and
+  `reorder_memory` touch them. Beam search reorders the state every step and the memory only when sentences leave.
 
 Beam search (`beam_hypotheses`):
 - All sentences and beams run as one [n * beam] batch. At the first step only beam 0 is alive (the others
@@ -33,11 +35,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from decaylab.data.tokenizer import BOS_ID, EOS_ID
 from decaylab.generation.filtering import check_sampling, mask_specials, sample_tokens
-from decaylab.models.rnn import RNNState
+from decaylab.models.contract import Seq2SeqModel
 
 NEG_INF = float("-inf")
 
@@ -72,19 +73,12 @@ def _limits(max_len: int | torch.Tensor, batch: int) -> torch.Tensor:
     return limits.clone()
 
 
-def _device(model: nn.Module) -> torch.device:
-    """The device of the model's parameters."""
+def _device(model: Seq2SeqModel) -> torch.device:
+    """The device of the model's parameters (every model is an nn.Module)."""
     return next(model.parameters()).device
 
 
-def _select(state: RNNState, index: torch.Tensor) -> RNNState:
-    """Rows `index` of an RNN state (batch on dim 1; a tuple for LSTM)."""
-    if isinstance(state, tuple):
-        return tuple(s.index_select(1, index) for s in state)
-    return state.index_select(1, index)
-
-
-def _decode(model: nn.Module, src: torch.Tensor, src_len: torch.Tensor, max_len: int | torch.Tensor,
+def _decode(model: Seq2SeqModel, src: torch.Tensor, src_len: torch.Tensor, max_len: int | torch.Tensor,
             pick: Callable[[torch.Tensor], torch.Tensor]) -> list[list[int]]:
     """Left-to-right decoding where `pick` chooses each row's next token from its masked log-probs [N, V]."""
     device = _device(model)
@@ -96,8 +90,8 @@ def _decode(model: nn.Module, src: torch.Tensor, src_len: torch.Tensor, max_len:
         return outputs
     memory = model.encode(src.to(device), src_len)
     if rows.numel() < batch:
-        memory = memory.select(rows.to(device))
-    state, limits = memory.state, limits[rows]
+        memory = model.reorder_memory(memory, rows.to(device))
+    state, limits = model.initial_state(memory), limits[rows]
     tokens = torch.full((rows.numel(),), BOS_ID, dtype=torch.long, device=device)
     step = 0
     while True:
@@ -114,18 +108,19 @@ def _decode(model: nn.Module, src: torch.Tensor, src_len: torch.Tensor, max_len:
         if done.any():  # compact: finished rows are never recomputed
             keep = torch.nonzero(~done).squeeze(1)
             index = keep.to(device)
-            memory, state, tokens = memory.select(index), _select(state, index), tokens.index_select(0, index)
+            memory, state = model.reorder_memory(memory, index), model.reorder_state(state, index)
+            tokens = tokens.index_select(0, index)
             rows, limits = rows[keep], limits[keep]
 
 
-def greedy(model: nn.Module, src: torch.Tensor, src_len: torch.Tensor, max_len: int | torch.Tensor
+def greedy(model: Seq2SeqModel, src: torch.Tensor, src_len: torch.Tensor, max_len: int | torch.Tensor
            ) -> list[list[int]]:
     """Greedy decoding of a padded batch [B, S] (lengths [B]); one token list per row."""
     with torch.inference_mode():
         return _decode(model, src, src_len, max_len, lambda log_probs: log_probs.argmax(dim=-1))
 
 
-def sample(model: nn.Module, src: torch.Tensor, src_len: torch.Tensor, max_len: int | torch.Tensor,
+def sample(model: Seq2SeqModel, src: torch.Tensor, src_len: torch.Tensor, max_len: int | torch.Tensor,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            generator: torch.Generator | None = None) -> list[list[int]]:
     """Ancestral sampling with temperature, top-k and nucleus filtering (`generator` on the model's device)."""
@@ -143,7 +138,7 @@ def check_beam(beam: int, length_penalty: float) -> None:
         raise ValueError(f"length_penalty must be a finite number >= 0 (got {length_penalty!r})")
 
 
-def beam_hypotheses(model: nn.Module, src: torch.Tensor, src_len: torch.Tensor, beam: int,
+def beam_hypotheses(model: Seq2SeqModel, src: torch.Tensor, src_len: torch.Tensor, beam: int,
                     max_len: int | torch.Tensor, length_penalty: float = 1.0) -> list[Hypothesis]:
     """Beam search over a padded batch; the best finished hypothesis of each row (see the module docstring)."""
     check_beam(beam, length_penalty)
@@ -155,8 +150,8 @@ def beam_hypotheses(model: nn.Module, src: torch.Tensor, src_len: torch.Tensor, 
     k = beam
     with torch.inference_mode():
         memory = model.encode(src.to(device), src_len)
-        memory = memory.select(torch.arange(batch, device=device).repeat_interleave(k))
-        state = memory.state
+        memory = model.reorder_memory(memory, torch.arange(batch, device=device).repeat_interleave(k))
+        state = model.initial_state(memory)
         sents = torch.arange(batch)  # original index of each active sentence
         best: list[Hypothesis | None] = [None] * batch
         best_score = torch.full((batch,), NEG_INF, dtype=torch.float64)
@@ -220,18 +215,18 @@ def beam_hypotheses(model: nn.Module, src: torch.Tensor, src_len: torch.Tensor, 
                 break
             keep = torch.nonzero(~done).squeeze(1)
             rows = (keep.unsqueeze(1) * k + new_parent[keep]).view(-1).to(device)
-            state = _select(state, rows)
+            state = model.reorder_state(state, rows)
             tokens = new_token[keep].view(-1).to(device)
             prefixes = torch.cat([prefixes.index_select(0, rows), tokens.unsqueeze(1)], dim=1)
             scores = new_scores[keep].to(device)
             if keep.numel() < n:  # compact: finished sentences are never recomputed
-                memory = memory.select((keep.unsqueeze(1) * k + torch.arange(k)).view(-1).to(device))
+                memory = model.reorder_memory(memory, (keep.unsqueeze(1) * k + torch.arange(k)).view(-1).to(device))
                 sents, limits = sents[keep], limits[keep]
                 best_score, finished = best_score[keep], finished[keep]
     return [h if h is not None else Hypothesis([], NEG_INF, NEG_INF) for h in best]
 
 
-def beam_search(model: nn.Module, src: torch.Tensor, src_len: torch.Tensor, beam: int,
+def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_len: torch.Tensor, beam: int,
                 max_len: int | torch.Tensor, length_penalty: float = 1.0) -> list[list[int]]:
     """Beam search over a padded batch [B, S]; the best hypothesis's tokens for each row."""
     return [h.tokens for h in beam_hypotheses(model, src, src_len, beam, max_len, length_penalty)]

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer
-from torch import nn
 
 from decaylab.data.batching import pad_sources
 from decaylab.data.tokenizer import decode, encode
 from decaylab.generation.filtering import check_sampling
 from decaylab.generation.search import beam_search, check_beam, greedy, max_lengths, sample
+from decaylab.models.contract import Seq2SeqModel
 
 METHODS = ("greedy", "beam", "sample")
 
 
-def translate(model: nn.Module, tokenizer: Tokenizer, sources: list[str], *, method: str = "greedy",
+def translate(model: Seq2SeqModel, tokenizer: Tokenizer, sources: list[str], *, method: str = "greedy",
               beam: int = 5, length_penalty: float = 1.0, max_len_ratio: float = 1.5, max_len_extra: int = 10,
               batch_size: int = 64, device: torch.device | str | None = None, temperature: float = 1.0,
               top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> list[str]:

@@ -1,11 +1,15 @@
-"""Model registry: `build_model(cfg, vocab_size)` by `model.arch`."""
+"""Model registry: `build_model(cfg, vocab_size)` by `model.arch`; every model meets `contract.Seq2SeqModel`."""
 
 from torch import nn
 
 from decaylab.config import ModelConfig
-from decaylab.models.rnn import Memory, Seq2Seq, count_parameters
+from decaylab.models.contract import Seq2SeqModel
+from decaylab.models.rnn import Seq2Seq, count_parameters
 
-MODELS = {"rnn": Seq2Seq}
+# One line per architecture: its `model.arch` (config.MODEL_CONFIGS) -> its class, built as cls(cfg, vocab_size).
+MODELS: dict[str, type[nn.Module]] = {
+    "rnn": Seq2Seq,
+}
 
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
@@ -13,4 +17,4 @@ def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
     return MODELS[cfg.arch](cfg, vocab_size)
 
 
-__all__ = ["MODELS", "Memory", "Seq2Seq", "build_model", "count_parameters"]
+__all__ = ["MODELS", "Seq2Seq", "Seq2SeqModel", "build_model", "count_parameters"]

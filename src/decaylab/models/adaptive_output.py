@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from decaylab.config import ModelConfig
+from decaylab.config import ModelSection
 from decaylab.errors import UserError
 
 
-def adaptive_cutoffs(cfg: ModelConfig, vocab_size: int) -> list[int]:
+def adaptive_cutoffs(cfg: ModelSection, vocab_size: int) -> list[int]:
     """The clusters' first frequency ranks: `model.adaptive_cutoffs`, or V/4 and V/2."""
     cutoffs = list(cfg.adaptive_cutoffs or [vocab_size // 4, vocab_size // 2])
     if cutoffs[0] < 1 or cutoffs[-1] > vocab_size - 2:

@@ -17,12 +17,15 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from decaylab.config import ModelConfig
+from decaylab.config import RNNConfig
+from decaylab.data.batching import Batch
 from decaylab.data.tokenizer import PAD_ID
 from decaylab.models.adaptive_output import adaptive_cutoffs, full_log_probs, target_log_probs
 from decaylab.models.fused_loss import linear_cross_entropy
-from decaylab.models.padded_rnn import run_padded
+from decaylab.models.padded_rnn import cpu_compute_dtype, fused_lstm_supported, run_padded
 
+# The decoder's state: [layers, N, H] (a pair for LSTM), rows on dim 1. Private to this module: callers go through
+# `Seq2Seq.initial_state` / `reorder_state` (models/contract.py).
 RNNState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
@@ -104,9 +107,12 @@ class Attention(nn.Module):
 
 
 class Seq2Seq(nn.Module):
-    """GRU/LSTM encoder-decoder with attention; `forward` gives the summed token loss of a batch."""
+    """GRU/LSTM encoder-decoder with attention; `forward` gives the summed token loss of a batch.
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int):
+    Meets `models.contract.Seq2SeqModel` with `Memory` as its memory and `RNNState` as its decoding state.
+    """
+
+    def __init__(self, cfg: RNNConfig, vocab_size: int):
         super().__init__()
         if cfg.bidirectional and cfg.hidden % 2:
             raise ValueError(f"model.hidden must be even with bidirectional=True (got {cfg.hidden})")
@@ -155,8 +161,9 @@ class Seq2Seq(nn.Module):
 
     def run_encoder(self, embedded: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, RNNState]:
         """The encoder RNN over padded embeddings as if packed: outputs [B, S, H] (zero at pads), final state."""
-        if embedded.device.type == "cpu" and self.cfg.cell == "lstm":
-            # the packed run's result through oneDNN's fused LSTM kernel (models/padded_rnn.py)
+        if embedded.device.type == "cpu" and self.cfg.cell == "lstm" and fused_lstm_supported(cpu_compute_dtype()):
+            # the packed run's result through oneDNN's fused LSTM kernel (models/padded_rnn.py), where this CPU
+            # has that kernel in the compute dtype (a bf16 LSTM needs bf16 instructions)
             return run_padded(self.encoder, embedded, lengths)
         return self.run_encoder_packed(embedded, lengths)  # cuDNN runs packed sequences natively
 
@@ -210,6 +217,10 @@ class Seq2Seq(nn.Module):
         hidden, _ = self.decode(tgt_in, self.encode(src, src_len))
         return self.token_loss(hidden, tgt_out, label_smoothing, target_index)
 
+    def loss(self, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
+        """`forward` of a batch: the summed cross-entropy (nats) of its non-pad targets."""
+        return self(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out, label_smoothing, batch.target_index)
+
     def token_loss(self, hidden: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float = 0.0,
                    target_index: torch.Tensor | None = None) -> torch.Tensor:
         """Summed cross-entropy (nats) of attentional states [B, T, D] against `tgt_out`, pad positions skipped."""
@@ -228,6 +239,18 @@ class Seq2Seq(nn.Module):
         """One decoding step: log-probabilities [N, V] of the next token and the new state."""
         hidden, state = self.decode(tokens.unsqueeze(1), memory, state)
         return torch.log_softmax(self.logits(hidden[:, 0]).float(), dim=-1), state
+
+    def initial_state(self, memory: Memory) -> RNNState:
+        """The decoder's state before the first step: the encoder's final state, one row per decoder row."""
+        return memory.state
+
+    def reorder_state(self, state: RNNState, index: torch.Tensor) -> RNNState:
+        """Rows `index` of a decoder state (rows on dim 1; a pair for LSTM)."""
+        return _map_state(state, lambda s: s.index_select(1, index))
+
+    def reorder_memory(self, memory: Memory, index: torch.Tensor) -> Memory:
+        """Decoder rows `index` of a memory; each source is kept once per run of rows that share it."""
+        return memory.select(index)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from decaylab.config import ModelConfig
+from decaylab.config import RNNConfig
 from decaylab.data.tokenizer import PAD_ID
 from decaylab.models.fused_loss import stacked_linear_cross_entropy
 from decaylab.models.stacked_recurrence import GRURecurrence, LSTMRecurrence
@@ -33,7 +33,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 class StackedSeq2Seq:
     """K `Seq2Seq` replicas; `params` maps each `Seq2Seq.named_parameters()` name to a [K, ...] leaf tensor."""
 
-    def __init__(self, cfg: ModelConfig, params: dict[str, torch.Tensor], dropouts: list[float],
+    def __init__(self, cfg: RNNConfig, params: dict[str, torch.Tensor], dropouts: list[float],
                  generators: list[torch.Generator] | None = None):
         self.cfg = cfg
         self.params = params

@@ -90,6 +90,9 @@ class StackedTrainer:
                  names: list[str] | None = None, resume: bool = True, quiet: bool = True):
         if not configs or len(configs) != len(run_dirs):
             raise ValueError(f"{len(configs)} configs for {len(run_dirs)} run folders")
+        if configs[0].model.arch != "rnn":
+            raise UserError(f"the stacked model is the RNN's: it needs model.arch 'rnn' (model.arch is "
+                            f"{configs[0].model.arch!r})")
         if configs[0].model.output != "full":
             raise UserError(f"the stacked model has the full softmax only (model.output is "
                             f"{configs[0].model.output!r})")
