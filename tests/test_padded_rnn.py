@@ -130,3 +130,19 @@ def test_model_encoder_on_cpu_equals_the_packed_encoder() -> None:
 def test_run_padded_refuses_what_it_cannot_compute(rnn: nn.RNNBase) -> None:
     with pytest.raises(ValueError, match="batch_first nn.LSTM"):
         run_padded(rnn, torch.zeros(2, 3, 3), torch.tensor([3, 2]))
+
+
+def test_encoder_keeps_the_packed_run_where_the_fused_kernel_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU without the fused kernel in the compute dtype (bf16 on AVX2) trains through the packed run instead."""
+    import decaylab.models.rnn as rnn
+
+    torch.manual_seed(0)
+    model = build_model(RNNConfig(preset="tiny", cell="lstm", dropout=0.0), 40)
+    b = collate([[5, 6, 7, 2], [8, 2], [9, 10, 11, 12, 13, 2]], [[5, 2], [6, 7, 2], [8, 2]])
+    fused = model.encode(b.src, b.src_len)
+    calls: list[int] = []
+    monkeypatch.setattr(rnn, "fused_lstm_supported", lambda dtype: False)
+    monkeypatch.setattr(rnn, "run_padded", lambda *args: calls.append(1))
+    packed = model.encode(b.src, b.src_len)
+    assert not calls  # the padded kernel was not asked for
+    torch.testing.assert_close(packed.outputs, fused.outputs, rtol=0, atol=1e-6)
