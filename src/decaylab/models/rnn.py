@@ -11,6 +11,7 @@ step, so the decoder RNN runs over the whole target in one call.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -161,11 +162,22 @@ class Seq2Seq(nn.Module):
 
     def run_encoder(self, embedded: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, RNNState]:
         """The encoder RNN over padded embeddings as if packed: outputs [B, S, H] (zero at pads), final state."""
-        if embedded.device.type == "cpu" and self.cfg.cell == "lstm" and fused_lstm_supported(cpu_compute_dtype()):
-            # the packed run's result through oneDNN's fused LSTM kernel (models/padded_rnn.py), where this CPU
-            # has that kernel in the compute dtype (a bf16 LSTM needs bf16 instructions)
+        if embedded.device.type == "cpu" and self.cfg.cell == "lstm":
+            if not fused_lstm_supported(cpu_compute_dtype()):
+                with self._lstm_in_float32():
+                    return self.run_encoder_packed(embedded.float(), lengths)
+            # the packed run's result through oneDNN's fused LSTM kernel (models/padded_rnn.py)
             return run_padded(self.encoder, embedded, lengths)
         return self.run_encoder_packed(embedded, lengths)  # cuDNN runs packed sequences natively
+
+    def _lstm_in_float32(self) -> contextlib.AbstractContextManager:
+        """CPU autocast off, so an LSTM runs in float32 where oneDNN has no kernel in the autocast dtype.
+
+        Under CPU bf16 autocast torch sends an LSTM to oneDNN, which builds a bf16 LSTM only on CPUs with bf16
+        instructions (AVX-512 BF16, AMX): on an AVX2 CPU it fails ("could not create a primitive descriptor").
+        There the recurrences run in float32 (more precise; the projections around them keep bf16).
+        """
+        return torch.autocast("cpu", enabled=False)
 
     def run_encoder_packed(self, embedded: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, RNNState]:
         """The encoder RNN over packed sources (on a CPU, torch runs these as a per-time-step loop)."""
@@ -185,7 +197,12 @@ class Seq2Seq(nn.Module):
                ) -> tuple[torch.Tensor, RNNState]:
         """Attentional decoder states [B, T, D] for a (prefix of the) shifted target, and the new RNN state."""
         embedded = self.dropout(self.tgt_embed(tgt_in))
-        hidden, state = self.decoder(embedded, memory.state if state is None else state)
+        state = memory.state if state is None else state
+        if embedded.device.type == "cpu" and self.cfg.cell == "lstm" and not fused_lstm_supported(cpu_compute_dtype()):
+            with self._lstm_in_float32():
+                hidden, state = self.decoder(embedded.float(), _map_state(state, torch.Tensor.float))
+        else:
+            hidden, state = self.decoder(embedded, state)
         if self.cfg.attention != "none":
             context = self.attention(hidden, memory.keys, memory.outputs, memory.mask)
             hidden = torch.tanh(self.combine(torch.cat([context, hidden], dim=-1)))
