@@ -146,3 +146,13 @@ def test_encoder_keeps_the_packed_run_where_the_fused_kernel_is_missing(monkeypa
     packed = model.encode(b.src, b.src_len)
     assert not calls  # the padded kernel was not asked for
     torch.testing.assert_close(packed.outputs, fused.outputs, rtol=0, atol=1e-6)
+
+
+def test_fused_lstm_probe_neither_depends_on_grad_mode_nor_moves_the_rng() -> None:
+    fused_lstm_supported.cache_clear()
+    state = torch.get_rng_state()
+    with torch.inference_mode():
+        in_inference = fused_lstm_supported(torch.bfloat16)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's dropout/init stream is untouched
+    fused_lstm_supported.cache_clear()
+    assert fused_lstm_supported(torch.bfloat16) == in_inference

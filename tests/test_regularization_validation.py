@@ -107,3 +107,10 @@ def test_audit_argument_errors():
         reg.audit(model(), steps=0)
     with pytest.raises(ValueError, match="optimizer name"):
         reg.audit(model(), optimizer_name="lion")
+
+
+def test_the_functional_sgdw_stays_a_function_after_the_optimizer_module_loads() -> None:
+    import decaylab.regularization.optim  # noqa: F401  (imports the SGDW module)
+    from decaylab.regularization import sgdw
+
+    assert callable(sgdw) and sgdw.__name__ == "sgdw"

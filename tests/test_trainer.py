@@ -137,3 +137,56 @@ def test_regularization_errors_name_the_field(tmp_path: Path) -> None:
     cfg = tiny_config("regularization.mode=coupled", "regularization.weight_decay=0.01", "train.optimizer=adamw")
     with pytest.raises(UserError, match="regularization"):
         Trainer(cfg, tmp_path / "run", quiet=True)
+
+
+@pytest.mark.parametrize("bad_eval", [1, 3])
+def test_a_nan_validation_loss_is_divergence_and_keeps_the_good_checkpoints(tmp_path: Path, bad_eval: int) -> None:
+    """A model whose validation loss is NaN stops the run: `best` and `last` stay those of the last finite one."""
+    trainer = Trainer(tiny_config("train.epochs=4"), tmp_path / "run", quiet=True)
+    evaluate, calls = trainer.evaluate, []
+
+    def poisoned() -> dict:
+        calls.append(1)
+        row = evaluate()
+        return {**row, "val_loss": float("nan")} if len(calls) >= bad_eval else row
+
+    trainer.evaluate = poisoned
+    if bad_eval == 1:
+        match = r"step \d+: the validation loss became nan .* no evaluation had a finite validation loss"
+    else:
+        match = r"step \d+: the validation loss became nan .* last good checkpoint is in .* \(step \d+\) and the best"
+    with pytest.raises(TrainingDiverged, match=match):
+        trainer.fit()
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert len(rows) == bad_eval - 1  # the NaN evaluation wrote nothing
+    checkpoints = tmp_path / "run" / "checkpoints"
+    if bad_eval == 1:
+        assert not (checkpoints / "last").exists() and not (checkpoints / "best").exists()
+    else:
+        last = load_trainer_state(checkpoints / "last")["progress"]
+        assert last["step"] == rows[-1]["step"] and last["best_val_loss"] == min(r["val_loss"] for r in rows)
+        assert (checkpoints / "best" / "model.safetensors").is_file()
+
+
+def test_train_with_an_exploding_lr_exits_2_naming_the_divergence(tmp_path: Path, cli) -> None:
+    result = cli("train", "--data", str(Path(__file__).parent / "fixtures" / "tiny_pairs.tsv"), "--preset", "tiny",
+                 "--set", "tokenizer.vocab_size=120", "--set", "tokenizer.min_frequency=1", "--lr", "1e30",
+                 "--epochs", "2", "--output", str(tmp_path / "run"), "-q")
+    assert result.code == 2
+    assert "loss became" in result.err and "stopped" in result.err
+
+
+def test_tokens_per_s_counts_training_time_only(tmp_path: Path) -> None:
+    import time
+
+    trainer = Trainer(tiny_config("train.epochs=2"), tmp_path / "run", quiet=True)
+    evaluate = trainer.evaluate
+
+    def slow() -> dict:
+        time.sleep(1.0)
+        return evaluate()
+
+    trainer.evaluate = slow
+    rows = trainer.fit().history
+    tokens = sum(len(t) for t in trainer.train_data.targets)  # one epoch's target tokens: one row's window
+    assert all(row["tokens_per_s"] > tokens / 1.0 for row in rows)  # the 1 s evaluations are not in the window

@@ -242,3 +242,13 @@ def test_stacked_trainer_refuses_another_arch(tmp_path: Path) -> None:
     other = base.model_copy(update={"model": base.model.model_copy(update={"arch": "transformer"})})
     with pytest.raises(UserError, match=r"needs model\.arch 'rnn' \(model\.arch is 'transformer'\)"):
         StackedTrainer([other], [tmp_path / "r"], splits=None, tokenizer=None)
+
+
+def test_a_stack_of_one_names_its_diverged_replica(tmp_path: Path, data, capsys: pytest.CaptureFixture[str]) -> None:
+    splits, tokenizer = data
+    base = tiny_config("model.dropout=0", "train.optimizer=sgd", "train.momentum=0", "train.lr=1.0",
+                       "train.clip_norm=null", "train.eval_every=2")
+    replicas = StackedTrainer([variant(base, mode="l2", weight_decay=1e6)], [tmp_path / "r0"], splits=splits,
+                              tokenizer=tokenizer, quiet=False).fit()
+    assert replicas[0].status == "diverged"
+    assert "r0: step" in capsys.readouterr().err

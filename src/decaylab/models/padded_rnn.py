@@ -95,12 +95,15 @@ def fused_lstm_supported(dtype: torch.dtype) -> bool:
     """
     if dtype == torch.float32:
         return True
-    lstm = nn.LSTM(2, 2, batch_first=True)
-    inputs = torch.zeros(1, 2, 2, requires_grad=True)
+    # with gradients, whatever the caller's mode (a first call may come from inference_mode decoding), and on a
+    # forked RNG: the probe's LSTM draws its weights, which must not move the caller's dropout or init stream
     try:
-        with torch.autocast("cpu", dtype=dtype):
+        with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad(), \
+                torch.autocast("cpu", dtype=dtype):
+            lstm = nn.LSTM(2, 2, batch_first=True)
+            inputs = torch.zeros(1, 2, 2, requires_grad=True)
             outputs, _ = run_padded(lstm, inputs, torch.tensor([2]))
-        outputs.float().sum().backward()
+            outputs.float().sum().backward()
     except RuntimeError:
         return False
     return True

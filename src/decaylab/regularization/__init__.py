@@ -16,7 +16,7 @@ _HOMES = {
     "ReplicaDecay": "replicas", "UnsupportedRule": "replicas",
     "DECAY_MODES": "rules", "DECAY_SCALINGS": "rules", "DECAY_SETS": "rules", "MODES": "rules", "OPTIMIZERS": "rules",
     "RULES": "rules", "SWEEPABLE": "rules", "Acts": "rules", "Rule": "rules", "get_rule": "rules",
-    "SGDW": "sgdw", "sgdw": "sgdw",
+    "SGDW": "decoupled_sgd", "sgdw": "decoupled_sgd",
 }
 __all__ = sorted(_HOMES)
 

@@ -103,6 +103,11 @@ class Regularization:
         self._cache = weakref.WeakKeyDictionary()
 
     @property
+    def _mode_strength(self) -> float:
+        """The λ of the mode's rule, from the config field the registry names for it (0 for mode none)."""
+        return RULES[self.mode].strength_in({"mode": self.mode, "weight_decay": self.weight_decay, "l1": self.l1})
+
+    @property
     def _active(self) -> list:
         """The registered rules with λ > 0 under these settings, each with its λ."""
         return active_rules({"mode": self.mode, "weight_decay": self.weight_decay, "l1": self.l1})
@@ -137,7 +142,7 @@ class Regularization:
         return build_param_groups(
             self.plan(model),
             mode=self.mode,
-            weight_decay=self.weight_decay,
+            weight_decay=self._mode_strength,
             decay_scaling=self.decay_scaling,
             lr=lr,
         )
@@ -187,7 +192,7 @@ class Regularization:
         group = next((g for g in optimizer.param_groups if "peak_lr" in g), optimizer.param_groups[0])
         lr = float(group["lr"])
         rule = RULES[self.mode]
-        lam = self.weight_decay
+        lam = self._mode_strength
         if rule.acts is Acts.DECOUPLED:
             peak = group.get("peak_lr", group.get("initial_lr"))
             if peak is None:

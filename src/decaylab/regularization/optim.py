@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from .decay_set import DecayPlan
+from .decoupled_sgd import SGDW
 from .rules import OPTIMIZERS, RULES, Acts, check_optimizer
-from .sgdw import SGDW
 from .validate import check_choice, check_nonneg
 
 try:  # private torch helper; the fallback lists the devices with fused Adam since torch 2.4

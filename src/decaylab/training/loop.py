@@ -52,13 +52,28 @@ class RunState:
     # Called with each metrics row after it is written and checkpointed; an exception it raises (a sweep pruning
     # the trial) ends training with everything up to that evaluation on disk.
     on_evaluate: Callable[[dict[str, Any]], None] | None = None
-    diverged_at: tuple[int, float] | None = None  # (step, loss) where the loss became non-finite
+    # (step, loss, "training" | "validation") where a loss became non-finite
+    diverged_at: tuple[int, float, str] | None = None
     loss_sum: float = 0.0  # token-weighted training loss since the last evaluation
 
     @property
     def reg(self) -> dict[str, Any]:
         """Its regularization section."""
         return self.config.regularization.model_dump()
+
+
+def divergence_message(run: RunState) -> str:
+    """What a diverged run stopped on and which of its checkpoints are good (one line)."""
+    step, value, which = run.diverged_at or (run.progress["step"], math.nan, "training")
+    loss = "loss" if which == "training" else "validation loss"
+    progress = run.progress
+    if progress["best_step"] >= 0:
+        kept = (f"the last good checkpoint is in {run.paths.last} (step {progress['step']}) and the best in "
+                f"{run.paths.best} (step {progress['best_step']}, val loss {progress['best_val_loss']:.4f})")
+    else:
+        kept = "no evaluation had a finite validation loss, so no checkpoint was kept"
+    return (f"step {step}: the {loss} became {value} (lower train.lr, set train.clip_norm, or check the data); "
+            f"stopped, {kept}")
 
 
 class Engine(Protocol):
@@ -69,6 +84,9 @@ class Engine(Protocol):
     train_data: EncodedPairs
     total_steps: int
     active: list[RunState]  # the runs still training, in the engine's order
+    # True for an engine of one run (the Trainer): it reports the detailed evaluation line and raises its own
+    # error on divergence; an engine of several runs (a stack, even one left with one replica) names its runs
+    one_run: bool
 
     def train_step(self, batch: Batch) -> torch.Tensor:
         """One optimizer step of every active run: [K, 2] (task loss, task loss + penalty) on the device."""
@@ -170,11 +188,10 @@ class TrainingLoop:
             if run.status is not None:  # left the engine since the step was queued
                 continue
             if not (math.isfinite(value) and math.isfinite(total)):
-                run.status, run.diverged_at = "diverged", (step + 1, total)
+                run.status, run.diverged_at = "diverged", (step + 1, total, "training")
                 diverged.append(run)
-                if len(runs) > 1:  # one run's engine raises its own error (Trainer: TrainingDiverged)
-                        self._say(f"{run.name}: step {step + 1}: the loss became {total}; stopped, the last good "
-                              f"checkpoint is in {run.paths.last}")
+                if not self.engine.one_run:  # the Trainer raises its own error (TrainingDiverged)
+                    self._say(f"{run.name}: {divergence_message(run)}")
             else:
                 run.loss_sum += value * n_tokens
         if diverged:
@@ -186,11 +203,19 @@ class TrainingLoop:
     def _evaluate_and_save(self, position: dict[str, Any], window: dict[str, Any], starts: dict[str, float],
                            last: bool, writers: dict[str, Any]) -> None:
         engine, cfg = self.engine, self.engine.config.train
+        elapsed = time.perf_counter() - window["start"]  # the training window only, not the evaluation
         fields = engine.evaluate_runs()
         lr = engine.lr()
-        elapsed = time.perf_counter() - window["start"]
-        leaving, callbacks = [], []
+        leaving, callbacks, diverged = [], [], []
         for k, (run, extra) in enumerate(zip(list(engine.active), fields, strict=True)):
+            if not math.isfinite(extra["val_loss"]):
+                # a model whose validation loss is not finite has diverged too: nothing of this evaluation is
+                # written, so `best` and `last` keep the last state whose validation loss was finite
+                run.status, run.diverged_at = "diverged", (position["step"], extra["val_loss"], "validation")
+                diverged.append(run)
+                if not engine.one_run:
+                    self._say(f"{run.name}: {divergence_message(run)}")
+                continue
             progress = run.progress
             progress.update(step=position["step"], epoch=position["epoch"], batch=position["batch"])
             row = {"step": position["step"], "epoch": round(position["epoch"] + position["fraction"], 4),
@@ -219,23 +244,23 @@ class TrainingLoop:
                 leaving.append(run)
             if run.on_evaluate is not None:
                 callbacks.append((run.on_evaluate, row))
-        if len(engine.active) > 1:
+        if not engine.one_run:
             self._say(f"step {position['step']}: val loss " + " ".join(
-                f"{r.name}={r.history[-1]['val_loss']:.4f}" for r in engine.active))
-        if leaving:
-            engine.drop(leaving)
+                f"{r.name}={r.history[-1]['val_loss']:.4f}" for r in engine.active if r not in diverged))
+        if leaving or diverged:
+            engine.drop(leaving + diverged)
         for callback, row in callbacks:
             callback(row)
 
     def _prefix(self, run: RunState) -> str:
-        return "" if len(self.engine.active) == 1 else f"{run.name}: "
+        return "" if self.engine.one_run else f"{run.name}: "
 
     def _report(self, run: RunState, row: dict[str, Any], improved: bool, writer: Any) -> None:
         if writer is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "step":
                     writer.add_scalar(key, value, row["step"])
-        if len(self.engine.active) > 1:
+        if not self.engine.one_run:
             return  # a stack reports one line for all its runs
         extra = f" bleu {row['bleu']:.2f}" if "bleu" in row else ""
         self._say(f"step {row['step']:>6} ep {row['epoch']:6.2f} | train {row['train_loss']:.4f} "

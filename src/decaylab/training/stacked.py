@@ -141,6 +141,7 @@ class StackedTrainer:
         self.multiplier = {info.name: (info.multiplier if info.decayed else 0.0) for info in plan.params}
         self.total_steps = total_steps(base, self.train_data)
         self.config = base  # what every replica shares (data, batches, schedule): the loop reads it
+        self.one_run = False
         self._saved: tuple[tuple[int, int], dict[str, torch.Tensor]] | None = None
 
         weights, states, sched_state, lr = self._start(resume)

@@ -27,7 +27,7 @@ from decaylab.models import build_model, count_parameters
 from decaylab.regularization import Regularization
 from decaylab.runfolder.checkpoint import load_model_weights, load_trainer_state, save_checkpoint
 from decaylab.runfolder.layout import RunPaths, build_meta, load_run_config, write_run_header
-from decaylab.training.loop import RunState, TrainingLoop
+from decaylab.training.loop import RunState, TrainingLoop, divergence_message
 from decaylab.training.schedule import lr_multiplier
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ class Trainer:
         # the one run this engine trains, as the loop sees it
         self.run = RunState(self.paths.root.name, config, self.paths, on_evaluate=on_evaluate)
         self.active: list[RunState] = [self.run]
+        self.one_run = True
 
     def _epoch_groups(self, epoch: int) -> list[list[int]]:
         """Example indices per batch for `epoch` (the order depends only on seed and epoch)."""
@@ -215,10 +216,7 @@ class Trainer:
         self.model.train()
         TrainingLoop(self, quiet=self.quiet).fit()
         if run.status == "diverged":
-            step, total = run.diverged_at
-            raise TrainingDiverged(
-                f"step {step}: the loss became {total} (lower train.lr, set train.clip_norm, or check the data); "
-                f"stopped, the last good checkpoint is in {self.paths.last}")
+            raise TrainingDiverged(divergence_message(run))
         progress = run.progress
         return TrainResult(self.paths.root, progress["best_val_loss"], progress["best_step"], run.history,
                            progress["stopped_early"])
