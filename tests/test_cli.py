@@ -113,3 +113,67 @@ def test_bad_tsv_line_is_named(tmp_path: Path, cli) -> None:
     result = cli("train", "--data", str(bad), "--output", str(tmp_path / "r"))
     assert result.code == 2
     assert "bad.tsv:2: expected 2 tab-separated columns" in result.err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["generate", "--input", "-", "--beam", "0"], "generate: --beam: must be >= 1 (got 0)"),
+    (["generate", "--input", "-", "--beam", "-2"], "generate: --beam: must be >= 1 (got -2)"),
+    (["generate", "--input", "-", "--top-p", "0"], "generate: --top-p: must be in (0, 1]"),
+    (["generate", "--input", "-", "--top-p", "1.5"], "generate: --top-p: must be in (0, 1]"),
+    (["generate", "--input", "-", "--top-k", "-1"], "generate: --top-k: must be >= 0"),
+    (["generate", "--input", "-", "--method", "nucleus"], "generate: --method: must be one of greedy, beam, sample"),
+    (["evaluate", "--beam", "0"], "evaluate: --beam: must be >= 1 (got 0)"),
+    (["evaluate", "--max-examples", "0"], "evaluate: --max-examples: must be >= 1 (got 0)"),
+    (["evaluate", "--max-examples", "-3"], "evaluate: --max-examples: must be >= 1 (got -3)"),
+])
+def test_numeric_generation_options_are_validated(trained_run: Path, cli, args: list[str], message: str) -> None:
+    result = cli(args[0], str(trained_run), *args[1:])
+    assert result.code == 2
+    assert result.err.strip() == f"error: {message}" or result.err.startswith(f"error: {message}")
+
+
+def test_invalid_utf8_input_names_its_line(trained_run: Path, tmp_path: Path) -> None:
+    bad = b"the cat sleeps .\nthe dog \xff runs .\n"
+    proc = subprocess.run(CLI + ["generate", str(trained_run), "--input", "-"], input=bad, capture_output=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.decode().strip() == "error: stdin:2: not valid UTF-8 (byte 8 of the line)"
+    (tmp_path / "in.txt").write_bytes(bad)
+    proc = run("generate", str(trained_run), "--input", str(tmp_path / "in.txt"))
+    assert proc.returncode == 2 and f"{tmp_path / 'in.txt'}:2: not valid UTF-8" in proc.stderr
+
+
+def test_a_huge_input_line_is_cut_to_the_models_limit(trained_run: Path, tmp_path: Path) -> None:
+    meta = json.loads((trained_run / "meta.json").read_text())
+    longest = meta["data"]["max_source_tokens"]
+    assert longest > 1  # recorded by training: the limit is twice it
+    sources = tmp_path / "long.txt"
+    huge = "the cat sleeps . " * 300_000  # 5 MiB in one line
+    sources.write_text("the dog runs .\n" + " ".join(["the cat"] * 400) + "\n" + huge + "\n")
+    proc = run("generate", str(trained_run), "--input", str(sources))
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 3
+    warnings = proc.stderr.strip().splitlines()
+    assert len(warnings) == 2 and warnings[0].startswith(f"warning: {sources}:2: ")
+    assert f"({2 * longest} tokens: twice the longest training source" in warnings[0]
+    assert warnings[1].startswith(f"warning: {sources}:3: far more than this model takes")
+    # outputs are bounded by the cut source: floor(limit * 1.5) + 10 tokens at most
+    assert all(len(line.split()) <= int(2 * longest * 1.5) + 10 for line in proc.stdout.splitlines())
+
+
+def test_translate_cuts_long_sources_and_says_which(trained_run: Path) -> None:
+    from decaylab.generation import translate
+    from decaylab.runfolder.load import load_trained
+
+    trained = load_trained(trained_run)
+    cut: list[tuple[int, int]] = []
+    texts = ["the cat", " ".join(["the dog runs ."] * 10), "x" * 10_000]
+    limited = translate(trained.model, trained.tokenizer, texts, max_input_tokens=8,
+                        on_cut=lambda i, n: cut.append((i, n)))
+    assert [i for i, _ in cut] == [1, 2] and cut[0][1] > 8 and cut[1][1] == -1  # -1: cut by characters first
+    ids = trained.tokenizer.encode_batch(limited)
+    assert all(len(e.ids) <= int(8 * 1.5) + 10 for e in ids)  # outputs bounded by the cut sources
+    unlimited = translate(trained.model, trained.tokenizer, texts[:1], max_input_tokens=8)
+    assert unlimited[0] == limited[0]  # a source within the limit is untouched
+    with pytest.raises(ValueError, match="max_input_tokens"):
+        translate(trained.model, trained.tokenizer, texts, max_input_tokens=1)

@@ -84,33 +84,70 @@ def generate(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
 ) -> None:
     """Translate each input line; writes one output per line to stdout."""
+    import json
+
     from decaylab.generation import translate
+    from decaylab.generation.limits import input_token_limit
     from decaylab.runfolder.load import load_trained
 
+    _at_least("generate", "--beam", beam, 1)
+    _at_least("generate", "--top-k", top_k, 0)
+    if not temperature > 0:
+        raise UserError(f"generate: --temperature: must be > 0 (got {temperature:g})")
+    if not 0 < top_p <= 1:
+        raise UserError(f"generate: --top-p: must be in (0, 1] (got {top_p:g})")
+    if length_penalty is not None and not length_penalty >= 0:
+        raise UserError(f"generate: --length-penalty: must be >= 0 (got {length_penalty:g})")
+    if method is not None and method not in ("greedy", "beam", "sample"):
+        raise UserError(f"generate: --method: must be one of greedy, beam, sample (got {method!r})")
     trained = load_trained(run, checkpoint, device)
     lines = _read_lines(input)
     gen = trained.config.generation
+    meta = json.loads(trained.paths.meta.read_text(encoding="utf-8")) if trained.paths.meta.is_file() else {}
+    limit, why = input_token_limit(trained.config, meta)
+    where = "stdin" if input == "-" else input
+
+    def warn(index: int, tokens: int) -> None:
+        size = "far more" if tokens < 0 else f"{tokens:,} tokens, more"
+        print(f"warning: {where}:{index + 1}: {size} than this model takes ({limit} tokens: {why}; set "
+              "generation.max_input_tokens to change it): cut to its first tokens", file=sys.stderr)
+
     try:
         outputs = translate(
             trained.model, trained.tokenizer, lines, method=method or ("beam" if beam > 1 else "greedy"), beam=beam,
             length_penalty=gen.length_penalty if length_penalty is None else length_penalty,
             max_len_ratio=gen.max_len_ratio, max_len_extra=gen.max_len_extra, device=trained.device,
-            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_input_tokens=limit, on_cut=warn)
     except ValueError as exc:  # the search validates its arguments; show which option was wrong, not a traceback
         raise UserError(f"generate: {exc}") from None
     sys.stdout.write("".join(line + "\n" for line in outputs))
 
 
+def _at_least(command: str, option: str, value: int | None, minimum: int) -> None:
+    """A UserError naming the command's `option` unless `value` is None or >= `minimum`."""
+    if value is not None and value < minimum:
+        raise UserError(f"{command}: {option}: must be >= {minimum} (got {value})")
+
+
 def _read_lines(source: str) -> list[str]:
+    """The lines of a UTF-8 file, or of stdin for "-"; invalid UTF-8 is an error naming the line."""
     if source == "-":
-        return [line.rstrip("\r\n") for line in sys.stdin]
-    path = Path(source)
-    if not path.is_file():
-        raise UserError(f"{path}: input file not found")
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:  # a text stream already decoded (tests, embedding)
+            return [line.rstrip("\r\n") for line in sys.stdin]
+        raw, where = stream.read(), "stdin"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"{path}: input file not found")
+        raw, where = path.read_bytes(), str(path)
+    lines = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{where}:{number}: not valid UTF-8 (byte {exc.start} of the line)") from None
+    return lines
 
 
 @app.command()
@@ -128,6 +165,8 @@ def evaluate(
 
     from decaylab.evaluation.evaluate import evaluate_run
 
+    _at_least("evaluate", "--beam", beam, 1)
+    _at_least("evaluate", "--max-examples", max_examples, 1)
     result = evaluate_run(run, split, beam, checkpoint, max_examples, device)
     table = Table(title=f"{run} — {split} ({result['examples']} pairs, {checkpoint} checkpoint, beam {result['beam']})")
     for key in ("loss", "ppl", "bleu", "chrf", "train_loss", "gap"):

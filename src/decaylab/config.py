@@ -229,6 +229,9 @@ class GenerationConfig(Section):
     length_penalty: float = Field(1.0, ge=0)
     max_len_ratio: float = Field(1.5, gt=0)
     max_len_extra: int = Field(10, ge=0)
+    max_input_tokens: int | None = Field(
+        None, ge=2, description="longest source (tokens, EOS included) generate/evaluate give the model; a longer "
+                                "one is cut to it with a warning (default: twice the longest training source)")
 
 
 class Config(Section):

@@ -43,3 +43,8 @@ def epoch_groups(config: Config, train: EncodedPairs, epoch: int) -> list[list[i
 def total_steps(config: Config, train: EncodedPairs) -> int:
     """Optimizer steps of the whole run (`train.max_steps`, else every epoch's batches): the schedule's length."""
     return config.train.max_steps or sum(len(epoch_groups(config, train, e)) for e in range(config.train.epochs))
+
+
+def longest_source(data: EncodedPairs) -> int:
+    """The longest source of an encoded split in tokens (EOS included): recorded as the run's input limit basis."""
+    return max(map(len, data.sources), default=0)

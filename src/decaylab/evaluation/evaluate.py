@@ -12,6 +12,7 @@ from decaylab.errors import UserError
 from decaylab.evaluation.metrics import corpus_loss, perplexity, text_metrics
 from decaylab.files import atomic_write_json
 from decaylab.generation import translate
+from decaylab.generation.limits import input_token_limit
 from decaylab.runfolder.load import load_trained
 
 SPLITS = ("train", "valid", "test")
@@ -37,14 +38,18 @@ def evaluate_run(run_dir: Path, split: str = "test", beam: int | None = None, ch
     train_loss = corpus_loss(run.model, encode_pairs(run.tokenizer, train_pairs), run.device, precision=precision)
     gen = run.config.generation
     beam = beam or gen.beam
+    limit, _ = input_token_limit(run.config, meta)
+    cut: list[int] = []
     hypotheses = translate(run.model, run.tokenizer, [p.source for p in pairs], method="beam" if beam > 1 else "greedy",
                            beam=beam, length_penalty=gen.length_penalty, max_len_ratio=gen.max_len_ratio,
-                           max_len_extra=gen.max_len_extra, device=run.device)
+                           max_len_extra=gen.max_len_extra, device=run.device, max_input_tokens=limit,
+                           on_cut=lambda index, tokens: cut.append(index))
     scores = text_metrics(hypotheses, [p.target for p in pairs])
     result = {
         "split": split, "checkpoint": checkpoint, "examples": len(pairs), "beam": beam,
         "loss": loss, "ppl": perplexity(loss), "train_loss": train_loss, "gap": loss - train_loss,
         **scores.to_dict(),
+        "max_input_tokens": limit, "inputs_cut": len(cut),  # sources longer than the limit, decoded from a prefix
         "data_fingerprint": splits.fingerprint,
         "fingerprint_matches_training": recorded == splits.fingerprint if recorded else None,
     }

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tokenizers import Tokenizer
 
 from decaylab.data.batching import pad_sources
-from decaylab.data.tokenizer import decode, encode
+from decaylab.data.tokenizer import EOS_ID, decode, encode
 from decaylab.generation.filtering import check_sampling
+from decaylab.generation.limits import CHARS_PER_TOKEN
 from decaylab.generation.search import beam_search, check_beam, greedy, max_lengths, sample
 from decaylab.models.contract import Seq2SeqModel
 
@@ -17,10 +20,14 @@ METHODS = ("greedy", "beam", "sample")
 def translate(model: Seq2SeqModel, tokenizer: Tokenizer, sources: list[str], *, method: str = "greedy",
               beam: int = 5, length_penalty: float = 1.0, max_len_ratio: float = 1.5, max_len_extra: int = 10,
               batch_size: int = 64, device: torch.device | str | None = None, temperature: float = 1.0,
-              top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> list[str]:
+              top_k: int = 0, top_p: float = 1.0, seed: int | None = None, max_input_tokens: int | None = None,
+              on_cut: Callable[[int, int], None] | None = None) -> list[str]:
     """Decode `sources` with greedy, beam or sampling; the model runs in eval mode and gets its mode back.
 
     Each output is limited to floor(source tokens, EOS included, * max_len_ratio) + max_len_extra tokens.
+    With `max_input_tokens`, a longer source is cut to its first max_input_tokens − 1 tokens + EOS (and a text
+    far longer is cut before tokenizing); `on_cut(index, tokens)` is told of each, with its length before the cut
+    (-1 when it was cut by characters first).
     A source without tokens (empty or blank) gives "". `device` is where the inputs are built (default: the
     model's device); the search moves them to the model's device anyway. `seed` makes sampling reproducible.
     """
@@ -40,7 +47,22 @@ def translate(model: Seq2SeqModel, tokenizer: Tokenizer, sources: list[str], *, 
     if method == "sample" and seed is not None:
         generator = torch.Generator(device=model_device).manual_seed(seed)
 
-    ids = encode(tokenizer, list(sources))
+    if max_input_tokens is not None and (isinstance(max_input_tokens, bool) or not isinstance(max_input_tokens, int)
+                                         or max_input_tokens < 2):
+        raise ValueError(f"max_input_tokens must be an integer >= 2 (got {max_input_tokens!r})")
+    texts, cut_by_chars = list(sources), set()
+    if max_input_tokens is not None:
+        for i, text in enumerate(texts):
+            if len(text) > max_input_tokens * CHARS_PER_TOKEN:
+                texts[i] = text[: max_input_tokens * CHARS_PER_TOKEN]
+                cut_by_chars.add(i)
+    ids = encode(tokenizer, texts)
+    if max_input_tokens is not None:
+        for i, seq in enumerate(ids):
+            if len(seq) > max_input_tokens or i in cut_by_chars:
+                if on_cut is not None:
+                    on_cut(i, -1 if i in cut_by_chars else len(seq))
+                ids[i] = seq[: max_input_tokens - 1] + [EOS_ID] if len(seq) > max_input_tokens else seq
     outputs: list[list[int]] = [[] for _ in ids]
     # Longest first: little padding per batch, and an out-of-memory error shows up at once.
     todo = [i for i, (text, seq) in enumerate(zip(sources, ids, strict=True)) if text.strip() and len(seq) > 1]

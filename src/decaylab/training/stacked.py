@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 
 from decaylab.config import Config, config_to_dict
 from decaylab.data.batching import Batch
-from decaylab.data.prepare import encode_run_data, total_steps
+from decaylab.data.prepare import encode_run_data, longest_source, total_steps
 from decaylab.data.splits import Splits
 from decaylab.device import autocast, resolve_device, seed_everything
 from decaylab.errors import UserError
@@ -226,6 +226,7 @@ class StackedTrainer:
         meta = build_meta(replica.config, self.splits.fingerprint, self.splits.sizes(), self.splits.origin,
                           self.device, self.n_params)
         meta["engine"] = {"name": "vectorized", "replicas": [r.name for r in self.replicas]}
+        meta["data"]["max_source_tokens"] = longest_source(self.train_data)  # generation's input limit
         return meta
 
     def _build(self, states: dict[str, dict[str, torch.Tensor]] | None, sched_state: dict[str, Any] | None,

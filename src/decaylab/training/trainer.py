@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from decaylab.config import Config
 from decaylab.data.batching import Batch, collate
-from decaylab.data.prepare import encode_run_data, epoch_groups, total_steps
+from decaylab.data.prepare import encode_run_data, epoch_groups, longest_source, total_steps
 from decaylab.data.splits import Splits, load_splits
 from decaylab.data.tokenizer import load_tokenizer, train_tokenizer
 from decaylab.device import autocast, resolve_device, seed_everything
@@ -207,9 +207,10 @@ class Trainer:
                 print(f"resuming {self.paths.root} at step {run.progress['step']} (epoch {run.progress['epoch']})",
                       file=sys.stderr, flush=True)
         else:
-            write_run_header(self.paths, self.config, build_meta(
-                self.config, self.splits.fingerprint, self.splits.sizes(), self.splits.origin, self.device,
-                self.n_params))
+            meta = build_meta(self.config, self.splits.fingerprint, self.splits.sizes(), self.splits.origin,
+                              self.device, self.n_params)
+            meta["data"]["max_source_tokens"] = longest_source(self.train_data)  # generation's input limit
+            write_run_header(self.paths, self.config, meta)
             atomic_write_jsonl(self.paths.metrics, [])
         done = run.progress["stopped_early"] or run.progress["step"] >= self.total_steps
         self.active = [] if done else [run]
