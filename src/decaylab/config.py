@@ -144,6 +144,43 @@ class RNNConfig(ModelSection):
     attention: Literal["dot", "general", "additive", "none"] = "general"
 
 
+class TransformerConfig(ModelSection):
+    """The pre-norm Transformer encoder-decoder (models/transformer.py); `preset` fills sizes not given explicitly."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # For tests: trains in seconds on the fixture.
+        "tiny": {"d_model": 64, "heads": 4, "encoder_layers": 2, "decoder_layers": 2, "ffn": 256},
+        # Sized for a 2-core CPU: a few thousand Bible verses in minutes.
+        "small": {"d_model": 256, "heads": 4, "encoder_layers": 3, "decoder_layers": 3, "ffn": 1024},
+        # Transformer-base (Vaswani et al. 2017): a GPU size.
+        "base": {"d_model": 512, "heads": 8, "encoder_layers": 6, "decoder_layers": 6, "ffn": 2048},
+    }
+
+    arch: Literal["transformer"] = "transformer"
+    preset: Literal["tiny", "small", "base"] | None = None
+    d_model: int = Field(256, ge=8)
+    heads: int = Field(4, ge=1)
+    encoder_layers: int = Field(3, ge=1, le=48)
+    decoder_layers: int = Field(3, ge=1, le=48)
+    ffn: int = Field(1024, ge=1, description="hidden width of each block's MLP")
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    positions: Literal["learned", "rotary"] = "learned"
+    max_positions: int = Field(1024, ge=1, description="longest sequence with learned positions")
+    bias: bool = Field(True, description="biases in every Linear and LayerNorm")
+    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_the_width(self) -> TransformerConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"model.d_model={self.d_model} must be a multiple of model.heads={self.heads}")
+        if self.positions == "rotary" and (self.d_model // self.heads) % 2:
+            raise ValueError(f"model.positions=rotary needs an even head width (d_model / heads = "
+                             f"{self.d_model // self.heads})")
+        if self.output != "full":
+            raise ValueError("model.output=adaptive is the RNN's; the transformer has the full softmax (use full)")
+        return self
+
+
 def _model_arch(value: Any) -> Any:
     """The `ModelConfig` member to validate `value` with: its `arch`, "rnn" when it has none (older files)."""
     if isinstance(value, dict):
@@ -156,6 +193,7 @@ def _model_arch(value: Any) -> Any:
 ModelConfig = Annotated[
     Union[  # noqa: UP007 (one member per line: a new architecture adds one)
         Annotated[RNNConfig, Tag("rnn")],
+        Annotated[TransformerConfig, Tag("transformer")],
     ],
     Discriminator(_model_arch),
 ]

@@ -5,10 +5,12 @@ from torch import nn
 from decaylab.config import ModelConfig
 from decaylab.models.contract import Seq2SeqModel
 from decaylab.models.rnn import Seq2Seq, count_parameters
+from decaylab.models.transformer import Transformer
 
 # One line per architecture: its `model.arch` (config.MODEL_CONFIGS) -> its class, built as cls(cfg, vocab_size).
 MODELS: dict[str, type[nn.Module]] = {
     "rnn": Seq2Seq,
+    "transformer": Transformer,
 }
 
 
@@ -17,4 +19,4 @@ def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
     return MODELS[cfg.arch](cfg, vocab_size)
 
 
-__all__ = ["MODELS", "Seq2Seq", "Seq2SeqModel", "build_model", "count_parameters"]
+__all__ = ["MODELS", "Seq2Seq", "Seq2SeqModel", "Transformer", "build_model", "count_parameters"]

@@ -141,6 +141,9 @@ def _vectorized(spec: SweepSpec, base: Config, workers: int, replicas: int | Non
     """The stacked-replica runner, after checking that it applies to this sweep."""
     from decaylab.sweep.vectorized import STRATEGIES, vectorized_runner
 
+    if base.model.arch != "rnn":
+        raise UserError(f"--vectorized: the stacked engine trains model.arch 'rnn' only (model.arch is "
+                        f"{base.model.arch!r}); run this sweep without --vectorized")
     if base.model.output != "full":
         raise UserError(f"--vectorized: the stacked model has the full softmax only (model.output is "
                         f"{base.model.output!r}); run this sweep without --vectorized")
