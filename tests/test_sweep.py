@@ -21,6 +21,13 @@ CLI = [sys.executable, "-m", "decaylab.cli"]
 VOLATILE = {"wall_s", "tokens_per_s"}
 
 
+def lock_pid(folder: Path) -> int:
+    """The PID the folder's lock file names: the process that owned it last."""
+    from decaylab.runfolder.lock import LOCK_FILE
+
+    return int((folder / LOCK_FILE).read_text().split("pid: ")[1].split()[0])
+
+
 def stable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in VOLATILE} for row in rows]
 
@@ -70,6 +77,10 @@ def test_workers_give_the_same_results_as_one_process(grid_run, tmp_path: Path) 
     assert stable(result.trials) == stable(read_jsonl(out / "trials.jsonl"))
     assert stable(read_jsonl(tmp_path / "w2" / "trials" / "coupled-3-p0.1" / "metrics.jsonl")) == \
         stable(read_jsonl(out / "trials" / "coupled-3-p0.1" / "metrics.jsonl"))
+    # this process owned the sweep folder, each worker process the trials it trained (per-trial locks)
+    assert lock_pid(tmp_path / "w2") == os.getpid()
+    workers = {lock_pid(run) for run in (tmp_path / "w2" / "trials").iterdir()}
+    assert os.getpid() not in workers and 1 <= len(workers) <= 2
 
 
 def test_cv_uses_folds_of_the_training_split_same_init_and_tests_once(tmp_path: Path,
@@ -201,6 +212,9 @@ def test_two_processes_share_one_optuna_storage(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["final"]["test"]["loss"] > 0 and summary["optuna"]["complete"] == 5
     assert not (tmp_path / "b" / "final").exists()  # a joiner only runs trials
+    assert lock_pid(tmp_path / "a") == leader.pid  # the leader owns its sweep folder; a joiner owns only its trials
+    assert not (tmp_path / "b" / ".lock").exists()
+    assert {lock_pid(run) for run in (tmp_path / "b" / "trials").iterdir()} == {joiner.pid}
     assert len(read_jsonl(tmp_path / "a" / "trials.jsonl")) == 5
 
 

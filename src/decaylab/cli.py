@@ -45,13 +45,23 @@ def train(
     sets: SetOpt = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run folder from checkpoints/last.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run that --output already holds "
+                                            "(its files are removed first; other files stay).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final summary.")] = False,
 ) -> None:
     """Train a model; writes config.yaml, meta.json, metrics.jsonl, tokenizer and checkpoints to --output."""
     from decaylab.config import build_run_config
+    from decaylab.runfolder.lock import folder_problem
     from decaylab.training import Trainer, resume_run
 
     if resume is not None:
+        if overwrite:
+            raise UserError("--overwrite: starts a new run in place of an old one; it does not go with --resume")
+        if output is not None and output.resolve() != resume.resolve():
+            raise UserError("--output and --resume name different folders; give only --resume RUN")
+        problem = folder_problem(resume)
+        if problem is not None:
+            raise UserError(f"--resume {problem}")
         result = resume_run(resume, quiet=quiet)
     else:
         cfg = build_run_config(
@@ -63,7 +73,12 @@ def train(
                              "train.precision": precision})
         if output is None:
             raise UserError("--output: give the run folder to write, e.g. --output runs/first")
-        result = Trainer(cfg, output, quiet=quiet).fit()
+        problem = folder_problem(output)
+        if problem is not None:
+            raise UserError(f"--output {problem}")
+        # The Trainer owns the folder while it trains (a second process is refused) and, without --overwrite,
+        # refuses a folder that already holds a run.
+        result = Trainer(cfg, output, quiet=quiet, overwrite=overwrite).fit()
     best = result.best
     typer.echo(f"best val loss {best['val_loss']:.4f} (ppl {best['val_ppl']:.2f}) at step {best['step']}; "
                f"run folder {result.run_dir}")
@@ -340,6 +355,9 @@ def sweep(
                                                 "sweeps/NAME).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this sweep folder; finished trials are not "
                                                 "recomputed.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the sweep that --output already holds "
+                                            "(its files are removed first; other files, and a study in an "
+                                            "external --storage, stay).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")] = False,
 ) -> None:
     """Choose λ on evidence: grid, k-fold CV, Optuna or successive halving; writes sweeps/NAME/ and prints the table."""
@@ -366,14 +384,17 @@ def sweep(
                            dropouts=dropout, folds=folds, rule=rule, metric=metric, trials=trials, storage=storage,
                            study=study, join=join, workers=workers, eta=eta, min_epochs=min_epochs, pruner=pruner,
                            no_zero=no_zero or None, output=output, resume=resume, final=not no_final, quiet=quiet,
-                           vectorized=vectorized, replicas=replicas, seeds=seeds)
+                           vectorized=vectorized, replicas=replicas, seeds=seeds, overwrite=overwrite)
     except KeyboardInterrupt:
         typer.echo(f"interrupted; continue with `decaylab sweep --resume {resume or output}`", err=True)
         raise SystemExit(130) from None
     render_table(result.summary, f"sweep {result.path} ({result.summary['strategy']})")
     typer.echo(f"sweep folder {result.path}")
     if not join:  # a --join worker leaves the report to the process that chooses λ
-        typer.echo(f"report {write_report(result.path)}")
+        from decaylab.runfolder.lock import FolderLock
+
+        with FolderLock(result.path):  # written as the sweep folder's owner, as the sweep was
+            typer.echo(f"report {write_report(result.path)}")
 
 
 # Commands that live beside their package register here (their modules import only typer at the top).

@@ -22,6 +22,14 @@ def report(
 
     if samples < 0:
         raise UserError(f"--samples: must be ≥ 0 (got {samples})")
+    if screenshot is not None:  # checked before the report is built, so a bad path costs nothing
+        from decaylab.runfolder.lock import folder_problem
+
+        if screenshot.is_dir():
+            raise UserError(f"--screenshot {screenshot}: is a folder; give the PNG file to write")
+        problem = folder_problem(screenshot.parent)
+        if problem is not None:
+            raise UserError(f"--screenshot {screenshot}: cannot be written there ({problem})")
     started = time.perf_counter()
     target = write_report(path, samples=samples)
     typer.echo(f"wrote {target} and {target.parent / 'plots'}/*.png in {time.perf_counter() - started:.1f} s")

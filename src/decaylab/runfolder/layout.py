@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -55,6 +56,44 @@ class RunPaths:
     @property
     def eval(self) -> Path:
         return self.root / "eval.json"
+
+    def holds_run(self) -> bool:
+        """True when the folder holds (part of) a run: its config, metrics or checkpoints."""
+        return any((self.root / name).exists() for name in RUN_MARKERS)
+
+
+# What a run and its report write into a run folder (files and folders); `--overwrite` removes these and only these.
+RUN_ENTRIES = ("config.yaml", "meta.json", "tokenizer.json", "metrics.jsonl", "checkpoints", "eval.json",
+               "report.html", "plots", "samples.jsonl", "tensorboard")
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")  # any of them: the folder holds a run
+SWEEP_RECORD = "sweep.yaml"  # the file that makes a folder a sweep folder (sweep/store.py)
+
+
+def clear_run(paths: RunPaths) -> None:
+    """Remove the run's files (RUN_ENTRIES and their leftover temp files); a user's own files stay."""
+    for name in RUN_ENTRIES:
+        entry = paths.root / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
+        for tmp in paths.root.glob(f".{name}.*.tmp"):  # an atomic write cut off by a kill
+            tmp.unlink(missing_ok=True)
+
+
+def start_new_run(paths: RunPaths, overwrite: bool) -> None:
+    """Before a new run: refuse a folder that holds a sweep, or a run (unless `overwrite`: its files are removed).
+
+    A folder without a run's config, metrics or checkpoints is left as it is: a `plots/` there may be the user's.
+    """
+    if (paths.root / SWEEP_RECORD).is_file():
+        raise UserError(f"{paths.root} holds a sweep ({SWEEP_RECORD}); a run needs a folder of its own")
+    if not paths.holds_run():
+        return
+    if not overwrite:
+        raise UserError(f"{paths.root} already holds a run; resume it with `decaylab train --resume {paths.root}`, "
+                        "or pass --overwrite to replace it")
+    clear_run(paths)
 
 
 def versions() -> dict[str, str]:

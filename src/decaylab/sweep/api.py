@@ -12,6 +12,7 @@ from typing import Any
 from decaylab.config import Config, apply_overrides, build_config, config_to_dict, load_config
 from decaylab.errors import UserError
 from decaylab.regularization.rules import DECAY_MODES
+from decaylab.runfolder.lock import LOCK_FILE, FolderLock, check_free, folder_problem
 from decaylab.sweep.points import Point, check_points, grid_points
 from decaylab.sweep.selection import build_table, choose, compute_seconds
 from decaylab.sweep.spec import SweepSpec, build_spec
@@ -93,8 +94,12 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
           workers: int = 1, eta: int | None = None, min_epochs: int | None = None, pruner: str | None = None,
           no_zero: bool | None = None, output: str | Path | None = None, resume: str | Path | None = None,
           final: bool = True, quiet: bool = True, vectorized: bool = False, replicas: int | None = None,
-          seeds: int | None = None, runner: TrialRunner = run_trials) -> SweepResult:
+          seeds: int | None = None, runner: TrialRunner = run_trials, overwrite: bool = False) -> SweepResult:
     """Choose λ on evidence (grid, cv, optuna or halving); see docs/sweeps.md. Bad input raises UserError.
+
+    The process that runs the sweep (not a `join` worker) owns its folder (runfolder/lock.py) while it runs; every
+    trial's folder is owned by the process that trains it. A new sweep in a folder that holds one is refused
+    unless `overwrite`, which removes the old sweep's files first.
 
     `vectorized=True` trains the points of each grid, CV fold or halving rung at once as one stacked model (at
     most `replicas` per stack); in fp32 without dropout each replica follows its sequential run to float rounding
@@ -106,6 +111,9 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
         raise UserError(f"--workers: must be at least 1 (got {workers})")
     if replicas is not None and (replicas < 1 or not vectorized):
         raise UserError(f"--replicas: needs --vectorized and a value of at least 1 (got {replicas})")
+    if overwrite and (resume is not None or join):
+        raise UserError(f"--overwrite: starts a new sweep in place of an old one; it does not go with "
+                        f"{'--resume' if resume is not None else '--join'}")
     given = {"strategy": strategy, "lambdas": lambdas, "modes": modes, "dropouts": dropouts, "folds": folds,
              "rule": rule, "metric": metric, "trials": trials, "storage": storage, "study": study, "eta": eta,
              "min_epochs": min_epochs, "pruner": pruner, "no_zero": no_zero, "seeds": seeds}
@@ -133,8 +141,16 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
     base = _with_bleu(base, spec.metric, say)
     if vectorized:
         runner = _vectorized(spec, base, workers, replicas, quiet)
-    plan = _validate(spec, base, store, stored, join)
-    return _run(spec, base, store, plan, workers, join, resume is not None, final, quiet, runner, started)
+    plan = _validate(spec, base, store, stored, join, overwrite)
+    resuming = resume is not None
+    if join:  # a worker of a running study owns only the trials it trains, not the sweep folder
+        return _run(spec, base, store, plan, workers, join, resuming, final, quiet, runner, started)
+    with FolderLock(store.root):
+        if stored is None:  # again as the owner: another process may have started a sweep here since the check
+            _check_folder(store, plan.record, join, overwrite)
+            if overwrite:
+                store.clear()
+        return _run(spec, base, store, plan, workers, join, resuming, final, quiet, runner, started)
 
 
 def _vectorized(spec: SweepSpec, base: Config, workers: int, replicas: int | None, quiet: bool) -> TrialRunner:
@@ -170,7 +186,8 @@ class _Plan:
     storage: str | None
 
 
-def _validate(spec: SweepSpec, base: Config, store: SweepStore, stored: dict[str, Any] | None, join: bool) -> _Plan:
+def _validate(spec: SweepSpec, base: Config, store: SweepStore, stored: dict[str, Any] | None, join: bool,
+              overwrite: bool) -> _Plan:
     """Every check that can fail on bad input, before anything is written."""
     from decaylab.data.splits import load_splits
     from decaylab.sweep.folds import fold_indices
@@ -187,20 +204,33 @@ def _validate(spec: SweepSpec, base: Config, store: SweepStore, stored: dict[str
               "data_fingerprint": splits.fingerprint}
     if stored is not None:
         store.check_same(stored, record)
-    elif store.root.exists():
-        if store.is_sweep():
-            if not join:
-                raise UserError(f"{store.root}: already holds a sweep; continue it with --resume {store.root} "
-                                "or choose another --output")
-            store.check_same(store.read_record(), record)
-        elif any(store.root.iterdir()) and not join:
-            raise UserError(f"{store.root}: exists and is not a sweep folder; choose another --output")
+    else:
+        _check_folder(store, record, join, overwrite)
     url = None
     if spec.strategy == "optuna":
         url = storage_url(spec.storage, store.root)
         if spec.storage is not None or store.is_sweep():
             open_storage(url)  # a bad URL fails here, before the sweep folder exists
     return _Plan(record, points, splits, folds, url)
+
+
+def _check_folder(store: SweepStore, record: dict[str, Any], join: bool, overwrite: bool) -> None:
+    """A new sweep's folder: free, or a sweep to join (same settings) or to replace (`overwrite`). Writes nothing."""
+    problem = folder_problem(store.root)
+    if problem is not None:
+        raise UserError(f"--output {problem}")
+    if not store.root.exists():
+        return
+    if not join:
+        check_free(store.root)
+    if store.is_sweep():
+        if join:
+            store.check_same(store.read_record(), record)
+        elif not overwrite:
+            raise UserError(f"{store.root}: already holds a sweep; continue it with --resume {store.root}, pass "
+                            "--overwrite to replace it, or choose another --output")
+    elif not join and any(entry.name != LOCK_FILE for entry in store.root.iterdir()):
+        raise UserError(f"{store.root}: exists and is not a sweep folder; choose another --output")
 
 
 def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers: int, join: bool, resuming: bool,

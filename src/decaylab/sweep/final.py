@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from decaylab.runfolder.lock import LOCK_FILE, FolderLock
 from decaylab.sweep.points import Point, trial_config
 from decaylab.sweep.shared import Shared
 from decaylab.sweep.store import SweepStore
@@ -35,7 +36,7 @@ def run_final(store: SweepStore, ctx: TrialContext, shared: Shared, point: Point
         if not final.exists():
             staging = final.with_name("final.new")
             shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(source, staging)
+            shutil.copytree(source, staging, ignore=shutil.ignore_patterns(LOCK_FILE))  # final/ has its own
             (staging / ".reused").write_text(reuse + "\n", encoding="utf-8")
             staging.rename(final)  # a kill leaves final.new, never half a final/
         say(f"final: trial {reuse} is the chosen configuration on the training split; reused as {final}")
@@ -49,7 +50,8 @@ def run_final(store: SweepStore, ctx: TrialContext, shared: Shared, point: Point
     if not shared.splits.test:
         say("final: the test split is empty; no test metrics")
         return {**_describe(final, reuse, None, store), "train_wall_s": wall_s}
-    test = evaluate_run(final, "test")
+    with FolderLock(final):  # the sweep's owner owns its final model too (the Trainer held it while training)
+        test = evaluate_run(final, "test")
     say(f"final: test loss {test['loss']:.4f} (ppl {test['ppl']:.2f}), BLEU {test['bleu']:.2f}, "
         f"chrF {test['chrf']:.2f}")
     return {**_describe(final, reuse, test, store), "train_wall_s": wall_s}

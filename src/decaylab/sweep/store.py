@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,12 @@ import yaml
 
 from decaylab.errors import UserError
 from decaylab.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from decaylab.runfolder.layout import SWEEP_RECORD
 
 RECORD_VERSION = 1
+# What a sweep and its report write into its folder; `--overwrite` removes these and only these.
+SWEEP_ENTRIES = (SWEEP_RECORD, "trials.jsonl", "summary.json", "shared", "trials", "final", "final.new", "optuna.db",
+                 "optuna.db-journal", "optuna.db-wal", "optuna.db-shm", "report.html", "plots")
 
 
 @dataclass(frozen=True)
@@ -23,7 +28,7 @@ class SweepStore:
 
     @property
     def record_file(self) -> Path:
-        return self.root / "sweep.yaml"
+        return self.root / SWEEP_RECORD
 
     @property
     def trials_file(self) -> Path:
@@ -49,9 +54,22 @@ class SweepStore:
         """True when the folder holds a sweep record."""
         return self.record_file.is_file()
 
+    def clear(self) -> None:
+        """Remove the sweep's files (SWEEP_ENTRIES and their leftover temp files); a user's own files stay."""
+        for name in SWEEP_ENTRIES:
+            entry = self.root / name
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            elif entry.exists() or entry.is_symlink():
+                entry.unlink()
+            for tmp in self.root.glob(f".{name}.*.tmp"):  # an atomic write cut off by a kill
+                tmp.unlink(missing_ok=True)
+
     def read_record(self) -> dict[str, Any]:
         """The sweep.yaml mapping, or a clear error when the folder is not a sweep."""
         if not self.root.is_dir():
+            if self.root.exists():
+                raise UserError(f"{self.root}: is a file, not a sweep folder")
             raise UserError(f"{self.root}: sweep folder not found")
         if not self.is_sweep():
             raise UserError(f"{self.root}: not a decaylab sweep folder (no sweep.yaml)")

@@ -11,6 +11,7 @@ from decaylab.config import Config, build_config
 from decaylab.files import read_jsonl
 from decaylab.runfolder.checkpoint import load_trainer_state
 from decaylab.runfolder.layout import RunPaths
+from decaylab.runfolder.lock import FolderLock
 from decaylab.sweep.folds import fold_splits
 from decaylab.sweep.points import Point, trial_config
 from decaylab.sweep.shared import load_shared
@@ -60,7 +61,16 @@ Monitor = Callable[[list[dict[str, Any]]], None]
 
 
 def train_trial(ctx: TrialContext, job: TrialJob, monitor: Monitor | None = None) -> dict[str, Any]:
-    """Train (or continue) one trial and return its trials.jsonl row; a finished trial is not retrained."""
+    """Train (or continue) one trial and return its trials.jsonl row; a finished trial is not retrained.
+
+    The trial's folder is owned throughout (runfolder/lock.py), whichever process (a `--workers` process, a
+    `--join` worker on another machine) runs it: what it reads from the folder is what it trains on.
+    """
+    with FolderLock(SweepStore(Path(ctx.root)).run_dir(job.key)):
+        return _train_trial(ctx, job, monitor)
+
+
+def _train_trial(ctx: TrialContext, job: TrialJob, monitor: Monitor | None) -> dict[str, Any]:
     store = SweepStore(Path(ctx.root))
     base = ctx.base_config()
     shared = load_shared(store.shared, base, ctx.fingerprint)

@@ -19,6 +19,7 @@ vectorized run resumes from those folders.
 from __future__ import annotations
 
 import copy
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from decaylab.regularization import RULES, Regularization, ReplicaDecay, Unsuppo
 from decaylab.regularization.optim import base_optimizer
 from decaylab.runfolder.checkpoint import load_trainer_state, resolve_checkpoint, save_checkpoint
 from decaylab.runfolder.layout import RunPaths, build_meta, write_run_header
+from decaylab.runfolder.lock import FolderLock
 from decaylab.training.loop import RunState, TrainingLoop, fresh_progress
 from decaylab.training.schedule import lr_multiplier
 from decaylab.training.trainer import bleu_sample, optimizer_kwargs
@@ -144,13 +146,24 @@ class StackedTrainer:
         self.one_run = False
         self._saved: tuple[tuple[int, int], dict[str, torch.Tensor]] | None = None
 
-        weights, states, sched_state, lr = self._start(resume)
-        self.active = [r for r in self.replicas if r.status is None]
-        self.params: dict[str, torch.Tensor] = {}
-        if self.active:
-            self.params = {name: torch.stack([weights[r.name][name] for r in self.active]).to(self.device)
-                           .requires_grad_(True) for name in self.names}
-            self._build(states, sched_state, lr)
+        # Each replica's folder is owned (as a Trainer owns its one) from here to the end of fit().
+        self.owners = [FolderLock(replica.paths.root) for replica in self.replicas]
+        for owner in self.owners:
+            weakref.finalize(self, owner.release)
+        try:
+            for owner in self.owners:
+                owner.acquire()
+            weights, states, sched_state, lr = self._start(resume)
+            self.active = [r for r in self.replicas if r.status is None]
+            self.params: dict[str, torch.Tensor] = {}
+            if self.active:
+                self.params = {name: torch.stack([weights[r.name][name] for r in self.active]).to(self.device)
+                               .requires_grad_(True) for name in self.names}
+                self._build(states, sched_state, lr)
+        except BaseException:
+            for owner in self.owners:  # a stack that could not be built owns nothing
+                owner.release()
+            raise
 
     # -- setup ---------------------------------------------------------------------------------------
     def _draw(self, seed: int, weights: dict[str, torch.Tensor] | None) -> torch.nn.Module:
@@ -393,7 +406,13 @@ class StackedTrainer:
 
     def fit(self) -> list[Replica]:
         """Train every active replica to the end of its schedule, budget or patience; returns all replicas."""
-        TrainingLoop(self, quiet=self.quiet).fit()
+        try:
+            for owner in self.owners:
+                owner.acquire()
+            TrainingLoop(self, quiet=self.quiet).fit()
+        finally:
+            for owner in self.owners:
+                owner.release()
         return self.replicas
 
 

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import sys
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,8 @@ from decaylab.files import atomic_write_jsonl, read_jsonl
 from decaylab.models import build_model, count_parameters
 from decaylab.regularization import Regularization
 from decaylab.runfolder.checkpoint import load_model_weights, load_trainer_state, save_checkpoint
-from decaylab.runfolder.layout import RunPaths, build_meta, load_run_config, write_run_header
+from decaylab.runfolder.layout import RunPaths, build_meta, load_run_config, start_new_run, write_run_header
+from decaylab.runfolder.lock import FolderLock, folder_problem
 from decaylab.training.loop import RunState, TrainingLoop, divergence_message
 from decaylab.training.schedule import lr_multiplier
 
@@ -66,12 +68,16 @@ class Trainer:
 
     The single-model engine of the training loop (loop.py): it builds the model, optimizer and schedule and
     computes a step; the loop does the run's bookkeeping.
+
+    The Trainer owns its folder (runfolder/lock.py) from construction to the end of `fit()`: another process that
+    trains into it is refused. A new run (`resume=False`) in a folder that holds one removes the old run's files
+    first (`overwrite=True`) or is refused (`overwrite=False`, what `decaylab train` does without --overwrite).
     """
 
     def __init__(self, config: Config, run_dir: Path, *, splits: Splits | None = None,
                  tokenizer: Tokenizer | None = None, resume: bool = False, quiet: bool = False,
                  init_weights: dict[str, torch.Tensor] | None = None,
-                 on_evaluate: Callable[[dict[str, Any]], None] | None = None):
+                 on_evaluate: Callable[[dict[str, Any]], None] | None = None, overwrite: bool = True):
         self.config = config
         self.paths = RunPaths(Path(run_dir))
         self.quiet = quiet
@@ -81,7 +87,20 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self.splits = splits if splits is not None else load_splits(config.data)
-        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self.owner = FolderLock(self.paths.root).acquire()  # creates the folder; released by fit() (or when dropped)
+        weakref.finalize(self, self.owner.release)
+        try:
+            self._build(tokenizer, init_weights, on_evaluate, overwrite)
+        except BaseException:
+            self.owner.release()  # a Trainer that could not be built owns nothing
+            raise
+
+    def _build(self, tokenizer: Tokenizer | None, init_weights: dict[str, torch.Tensor] | None,
+               on_evaluate: Callable[[dict[str, Any]], None] | None, overwrite: bool) -> None:
+        """Everything after the folder is owned: the old run's files, tokenizer, data, model, optimizer, schedule."""
+        config, cfg, resume = self.config, self.config.train, self.resume
+        if not resume:
+            start_new_run(self.paths, overwrite)
         if tokenizer is None:
             if resume and self.paths.tokenizer.is_file():
                 tokenizer = load_tokenizer(self.paths.tokenizer)
@@ -199,6 +218,10 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train until the epochs, max_steps or patience run out; returns the best evaluation."""
+        with self.owner:  # held since __init__; let go when training ends, however it ends
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         run = self.run
         if self.resume and (self.paths.last.exists() or self.paths.last.with_name("last.old").exists()):
             run.progress = self._restore()
@@ -274,9 +297,14 @@ def compile_model(model: torch.nn.Module, device: torch.device) -> Callable[...,
 
 
 def resume_run(run_dir: Path, quiet: bool = False) -> TrainResult:
-    """Continue a run from its `checkpoints/last` with its saved config."""
-    config = load_run_config(run_dir)
-    paths = RunPaths(Path(run_dir))
-    if not (paths.last.exists() or paths.last.with_name("last.old").exists()):
-        raise UserError(f"{run_dir}: no checkpoints/last to resume from")
-    return Trainer(config, run_dir, resume=True, quiet=quiet).fit()
+    """Continue a run from its `checkpoints/last` with its saved config, owning the folder throughout."""
+    problem = folder_problem(Path(run_dir))
+    if problem is not None:
+        raise UserError(problem)
+    load_run_config(run_dir)  # not a run folder: refused before anything (the lock file) is written into it
+    with FolderLock(Path(run_dir)):
+        config = load_run_config(run_dir)  # read again as its owner (a new run may have replaced it meanwhile)
+        paths = RunPaths(Path(run_dir))
+        if not (paths.last.exists() or paths.last.with_name("last.old").exists()):
+            raise UserError(f"{run_dir}: no checkpoints/last to resume from")
+        return Trainer(config, run_dir, resume=True, quiet=quiet).fit()
