@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.config import Config, apply_overrides, build_config, config_to_dict, load_config
-from decaylab.errors import UserError
+from decaylab.errors import UserError, WriteError
 from decaylab.regularization.rules import DECAY_MODES
 from decaylab.sweep.points import Point, check_points, grid_points
 from decaylab.sweep.selection import build_table, choose, compute_seconds
 from decaylab.sweep.spec import SweepSpec, build_spec
-from decaylab.sweep.store import RECORD_VERSION, SweepStore, TrialBook
+from decaylab.sweep.store import RECORD_VERSION, SweepClock, SweepStore, TrialBook
 from decaylab.sweep.trial import TrialContext
 from decaylab.sweep.workers import TrialRunner, run_trials
 
@@ -134,7 +134,12 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
     if vectorized:
         runner = _vectorized(spec, base, workers, replicas, quiet)
     plan = _validate(spec, base, store, stored, join)
-    return _run(spec, base, store, plan, workers, join, resume is not None, final, quiet, runner, started)
+    try:
+        return _run(spec, base, store, plan, workers, join, resume is not None, final, quiet, runner, started)
+    except WriteError as exc:  # a full disk, in a trial or the sweep's own files: how to go on is the sweep's
+        go_on = (f"continue with `decaylab sweep --resume {store.root}`" if store.is_sweep()
+                 else "start the sweep again")
+        raise WriteError(exc.detail, f"{go_on} {exc.when}", exc.full) from exc.__cause__
 
 
 def _vectorized(spec: SweepSpec, base: Config, workers: int, replicas: int | None, quiet: bool) -> TrialRunner:
@@ -213,6 +218,7 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
     store.root.mkdir(parents=True, exist_ok=True)
     if not store.is_sweep():
         store.write_record(plan.record)
+    clock = None if join else SweepClock(store, started)  # a joiner's time is its leader's
     say(f"sweep {store.root}: {spec.strategy}, {plan.splits.sizes()} pairs")
     shared = prepare_shared(store.shared, base, plan.splits)
     ctx = TrialContext(str(store.root.resolve()), config_to_dict(base), spec.modes,
@@ -253,7 +259,8 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
         final_info = run_final(store, ctx, shared, point, _reusable(spec, table_rows, point, base), say)
     compute_s = compute_seconds(rows) + ((final_info or {}).get("train_wall_s") or 0.0)
     summary = {"strategy": spec.strategy, "chosen": chosen, "table": table, "final": final_info,
-               "compute_s": compute_s, "wall_s": time.perf_counter() - started, "trials": len(rows),
+               "compute_s": compute_s, "wall_s": clock.stop() if clock else time.perf_counter() - started,
+               "trials": len(rows),
                "spec": spec.to_dict(), "engine": "vectorized" if runner is not run_trials else "sequential",
                **extra}
     if not join:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.config import Config, build_config
+from decaylab.errors import DamagedFile
 from decaylab.files import read_jsonl
 from decaylab.runfolder.checkpoint import load_trainer_state
 from decaylab.runfolder.layout import RunPaths
@@ -61,6 +62,17 @@ Monitor = Callable[[list[dict[str, Any]]], None]
 
 def train_trial(ctx: TrialContext, job: TrialJob, monitor: Monitor | None = None) -> dict[str, Any]:
     """Train (or continue) one trial and return its trials.jsonl row; a finished trial is not retrained."""
+    run = SweepStore(Path(ctx.root)).run_dir(job.key)
+    try:
+        return _train_trial(ctx, job, monitor)
+    except DamagedFile as exc:
+        if run.resolve() not in exc.path.resolve().parents:
+            raise
+        raise exc.saying(f"the sweep cannot continue this trial: remove {run} and `decaylab sweep --resume "
+                         f"{ctx.root}` trains it again") from None
+
+
+def _train_trial(ctx: TrialContext, job: TrialJob, monitor: Monitor | None = None) -> dict[str, Any]:
     store = SweepStore(Path(ctx.root))
     base = ctx.base_config()
     shared = load_shared(store.shared, base, ctx.fingerprint)
