@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -174,9 +175,14 @@ def test_resume_after_sigkill_recomputes_nothing(tmp_path: Path, monkeypatch: py
         return original(self, step, *args)
 
     monkeypatch.setattr(TrainingLoop, "_settle", counting)
+    started = time.perf_counter()
     result = sweep(resume=out)
+    this_invocation = time.perf_counter() - started
     # second trial: steps 5..12 after its checkpoint at 4; third trial: all 12; nothing of the first trial
     assert len(steps) == 8 + 12
+    # the wall time counts the two killed invocations too (each ran until its last write: seconds of training)
+    assert result.summary["wall_s"] > this_invocation + 0.5
+    assert json.loads((out / "summary.json").read_text())["wall_s"] == result.summary["wall_s"]
     assert done_metrics.stat().st_mtime_ns == done_mtime
     monkeypatch.setattr(TrainingLoop, "_settle", original)
     fresh = sweep(tiny_config(*extra), lambdas="1e-2,1", modes="decoupled", output=tmp_path / "fresh", final=False)

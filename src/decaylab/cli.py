@@ -154,7 +154,9 @@ def _read_lines(source: str) -> list[str]:
     else:
         path = Path(source)
         if not path.is_file():
-            raise UserError(f"{path}: input file not found")
+            from decaylab.files import not_found
+
+            raise UserError(not_found(path, "input file"))
         raw, where = path.read_bytes(), str(path)
     lines = []
     for number, line in enumerate(raw.splitlines(), 1):
@@ -248,15 +250,18 @@ def data_show(
 ) -> None:
     """Split sizes and the first pairs of a split."""
 
+    from rich.markup import escape
+
     from decaylab.config import DataConfig
     from decaylab.data.splits import load_splits
 
     splits = load_splits(DataConfig(name=name))
     console = make_console()
-    console.print(f"{splits.origin}: {splits.sizes()}  fingerprint {splits.fingerprint[:16]}")
-    for pair in getattr(splits, _check_split(split))[:n]:
-        console.print(f"[bold]src[/bold] {pair.source}\n[bold]tgt[/bold] {pair.target}\n", markup=True,
-                      highlight=False)
+    console.print(f"{splits.origin}: {splits.sizes()}  fingerprint {splits.fingerprint[:16]}", markup=False,
+                  highlight=False)
+    for pair in getattr(splits, _check_split(split))[:n]:  # the data's own text is never read as rich markup
+        console.print(f"[bold]src[/bold] {escape(pair.source)}\n[bold]tgt[/bold] {escape(pair.target)}\n",
+                      markup=True, highlight=False)
 
 
 def _check_split(split: str) -> str:

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from decaylab.errors import UserError
+from decaylab.files import not_found
 from decaylab.regularization.rules import DECAY_SCALINGS, DECAY_SETS, MODES
 
 
@@ -370,7 +371,7 @@ def build_config(raw: dict[str, Any], origin: str = "config") -> Config:
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, with a clear error for a missing or malformed file."""
     if not path.is_file():
-        raise UserError(f"{path}: config file not found")
+        raise UserError(not_found(path, "config file"))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

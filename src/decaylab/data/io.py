@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from decaylab.errors import UserError
+from decaylab.files import not_found
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ def _parse_line(text: str, fmt: str) -> tuple[str, str]:
                 or not isinstance(record.get("target"), str):
             raise ValueError('expected an object with string fields "source" and "target"')
         source, target = record["source"], record["target"]
+    if "\x00" in source or "\x00" in target:
+        raise ValueError("source or target contains a NUL character")
     source, target = " ".join(source.split()), " ".join(target.split())
     if not source or not target:
         raise ValueError("empty source or target")
@@ -66,7 +69,7 @@ def read_pairs(
     """Read every pair of a user file; bad lines raise UserError (file:line: why) or are skipped and counted."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"{path}: file not found")
+        raise UserError(not_found(path))
     if not path.is_file():
         raise UserError(f"{path}: not a regular file")
     kind = detect_format(path, fmt)
@@ -80,6 +83,8 @@ def read_pairs(
                     text = text.removeprefix("\ufeff")
                 if not text.strip():
                     continue
+                if "\x00" in text:
+                    raise ValueError(f"contains a NUL byte (character {text.index(chr(0)) + 1}); is this a text file?")
                 if len(text) > max_line_chars:
                     raise ValueError(f"line has {len(text)} characters, over data.max_line_chars={max_line_chars}")
                 source, target = _parse_line(text, kind)

@@ -93,7 +93,7 @@ def load_splits(cfg: DataConfig) -> Splits:
     else:
         if cfg.name in builtin_datasets():
             pairs, origin = load_builtin(cfg.name), f"builtin {cfg.name}"
-        elif Path(cfg.name).suffix or Path(cfg.name).exists() or "/" in cfg.name:
+        elif Path(cfg.name).suffix or Path(cfg.name).exists() or Path(cfg.name).is_symlink() or "/" in cfg.name:
             pairs, origin = read_pairs(Path(cfg.name), **read), f"file {cfg.name}"
         else:
             known = ", ".join(sorted(builtin_datasets())) or "(none installed)"

@@ -8,7 +8,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from decaylab.config import TokenizerConfig
-from decaylab.errors import UserError
+from decaylab.errors import DamagedFile, UserError
+from decaylab.files import atomic_write_text, not_found
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIALS = [PAD, BOS, EOS, UNK]
@@ -32,10 +33,28 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
-    """Load a run's saved tokenizer."""
+    """Load a run's saved tokenizer; a damaged file is a DamagedFile saying what is wrong with it."""
+    path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: tokenizer file not found (is this a decaylab run folder?)")
-    return Tokenizer.from_file(str(path))
+        raise UserError(f"{not_found(path, 'tokenizer file')} (is this a decaylab run folder?)")
+    try:
+        size = path.stat().st_size
+        tokenizer = Tokenizer.from_file(str(path)) if size else None
+    except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        reason = f"truncated: {first}" if "EOF while parsing" in first else f"not a valid tokenizer file: {first}"
+        raise DamagedFile(path, reason) from None
+    if tokenizer is None:
+        raise DamagedFile(path, "empty")
+    if [tokenizer.token_to_id(t) for t in SPECIALS] != [PAD_ID, BOS_ID, EOS_ID, UNK_ID]:
+        raise DamagedFile(path, f"not a decaylab tokenizer: ids 0-3 are not {' '.join(SPECIALS)}")
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
+    """Write a tokenizer atomically (a full disk is a WriteError and leaves the old file as it was)."""
+    text = tokenizer.to_str(pretty=True)
+    atomic_write_text(Path(path), text)
 
 
 def encode(tokenizer: Tokenizer, texts: list[str], add_bos: bool = False) -> list[list[int]]:

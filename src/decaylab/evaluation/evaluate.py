@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from decaylab.data.prepare import encode_pairs, eval_subset
 from decaylab.data.splits import load_splits
-from decaylab.errors import UserError
+from decaylab.errors import DamagedFile, UserError
 from decaylab.evaluation.metrics import corpus_loss, perplexity, text_metrics
-from decaylab.files import atomic_write_json
+from decaylab.files import atomic_write_json, read_json_object
 from decaylab.generation import translate
 from decaylab.generation.limits import input_token_limit
 from decaylab.runfolder.load import load_trained
@@ -25,8 +24,15 @@ def evaluate_run(run_dir: Path, split: str = "test", beam: int | None = None, ch
         raise UserError(f"--split: must be one of {', '.join(SPLITS)} (got {split!r})")
     run = load_trained(run_dir, checkpoint, device)
     splits = load_splits(run.config.data)
-    meta = json.loads(run.paths.meta.read_text(encoding="utf-8")) if run.paths.meta.is_file() else {}
-    recorded = meta.get("data", {}).get("fingerprint")
+    try:
+        meta = read_json_object(run.paths.meta) or {}
+    except DamagedFile as exc:
+        raise exc.saying("evaluate compares the data with the fingerprint it records; generate still works") from None
+    try:  # read before the work: a damaged one would be replaced, with the results of the other splits lost
+        existing = read_json_object(run.paths.eval) or {}
+    except DamagedFile as exc:
+        raise exc.saying("it holds only earlier `decaylab evaluate` results: remove it and evaluate again") from None
+    recorded = (meta.get("data") or {}).get("fingerprint")
     pairs = getattr(splits, split)
     if max_examples:
         pairs = pairs[:max_examples]
@@ -53,7 +59,6 @@ def evaluate_run(run_dir: Path, split: str = "test", beam: int | None = None, ch
         "data_fingerprint": splits.fingerprint,
         "fingerprint_matches_training": recorded == splits.fingerprint if recorded else None,
     }
-    existing = json.loads(run.paths.eval.read_text(encoding="utf-8")) if run.paths.eval.is_file() else {}
     existing[split] = result
     atomic_write_json(run.paths.eval, existing)
     return result

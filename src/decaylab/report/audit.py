@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from decaylab.errors import UserError
+from decaylab.errors import DamagedFile, UserError
 
 
 def audit_run(run: Path, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -24,6 +24,10 @@ def audit_run(run: Path, history: list[dict[str, Any]] | None = None) -> dict[st
         report = reg.audit(model, optimizer_name=config.train.optimizer, lr=config.train.lr, steps=steps,
                            steps_per_epoch=per_epoch)
         return report.to_dict()
+    except DamagedFile as exc:  # a damaged tokenizer is an error of its own (which file, what still works)
+        from decaylab.runfolder.load import TOKENIZER_NEEDED
+
+        raise exc.saying(exc.still or TOKENIZER_NEEDED) from None
     except (UserError, OSError, RuntimeError, ValueError) as exc:
         return {"error": f"audit unavailable: {exc}"}
 

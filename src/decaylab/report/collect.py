@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,8 +9,11 @@ from typing import Any
 
 import yaml
 
-from decaylab.errors import UserError
-from decaylab.files import read_jsonl
+from decaylab.errors import DamagedFile, UserError
+from decaylab.files import read_json_object, read_jsonl
+
+# What still works when an optional file of a run is damaged
+OPTIONAL = ("the checkpoints are not affected; remove the file and the report leaves out {what}")
 
 # Per-trial values the report aggregates over folds: name -> how to get it from a trials.jsonl row.
 # `train_loss` is the eval-mode training loss at the best-val-loss evaluation (val loss − gap).
@@ -20,13 +22,12 @@ METRIC_FIELDS = {"loss": "best_val_loss", "bleu": "bleu", "chrf": "chrf"}
 HIGHER_IS_BETTER = {"bleu", "chrf"}
 
 
-def _json(path: Path) -> dict[str, Any] | None:
-    """A JSON file's object, or None when missing or unreadable."""
+def _json(path: Path, still: str) -> dict[str, Any] | None:
+    """A JSON file's object, or None when missing; a damaged one is a DamagedFile saying what still works."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        return read_json_object(path)
+    except DamagedFile as exc:
+        raise exc.saying(still) from None
 
 
 def _yaml(path: Path) -> dict[str, Any] | None:
@@ -102,9 +103,14 @@ def load_run(path: Path) -> RunData:
     config = _yaml(root / "config.yaml")
     if config is None:
         raise UserError(f"{root / 'config.yaml'}: not valid YAML")
-    history = [row for row in read_jsonl(root / "metrics.jsonl") if isinstance(row, dict)]
+    try:
+        history = read_jsonl(root / "metrics.jsonl")
+    except DamagedFile as exc:
+        raise exc.saying("the report needs its rows; the checkpoints are not affected: generate and evaluate "
+                         "still work") from None
     history.sort(key=lambda r: (r.get("step") or 0))
-    return RunData(root, config, _json(root / "meta.json") or {}, history, _json(root / "eval.json"))
+    return RunData(root, config, _json(root / "meta.json", OPTIONAL.format(what="the run's provenance")) or {},
+                   history, _json(root / "eval.json", OPTIONAL.format(what="the `evaluate` results")))
 
 
 @dataclass
@@ -284,8 +290,12 @@ def load_sweep(path: Path) -> SweepData:
     if not is_sweep(root):
         raise UserError(f"{root}: not a decaylab sweep folder (no sweep.yaml)")
     record = _yaml(root / "sweep.yaml") or {}
-    rows = furthest_rows([r for r in read_jsonl(root / "trials.jsonl") if isinstance(r, dict)])
-    summary = _json(root / "summary.json")
+    try:
+        rows = furthest_rows(read_jsonl(root / "trials.jsonl"))
+    except DamagedFile as exc:
+        raise exc.saying("the report needs its rows; the trial run folders are not affected (each has its own "
+                         "report)") from None
+    summary = _json(root / "summary.json", f"`decaylab sweep --resume {root}` writes it again")
     table = summary.get("table") if summary and isinstance(summary.get("table"), list) else None
     runs: dict[str, RunData] = {}
     for row in rows:
@@ -297,9 +307,15 @@ def load_sweep(path: Path) -> SweepData:
 
 
 def layer_norms(checkpoint: Path) -> dict[str, float]:
-    """L2 norm of every tensor in a model.safetensors file, by parameter name."""
+    """L2 norm of every tensor in a model.safetensors file, by parameter name (a damaged file: DamagedFile)."""
     import torch
-    from safetensors.torch import load_file
 
-    return {name: float(torch.linalg.vector_norm(t.detach().to(torch.float64)))
-            for name, t in sorted(load_file(str(checkpoint)).items())}
+    from decaylab.runfolder.checkpoint import read_tensors
+    from decaylab.runfolder.load import other_checkpoint
+
+    try:
+        tensors = read_tensors(checkpoint)
+    except DamagedFile as exc:  # checkpoint = RUN/checkpoints/<which>/model.safetensors
+        raise exc.saying(other_checkpoint(checkpoint.parent.parent.parent, checkpoint.parent.name, option="")
+                         ) from None
+    return {name: float(torch.linalg.vector_norm(t.detach().to(torch.float64))) for name, t in sorted(tensors.items())}

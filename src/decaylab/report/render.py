@@ -10,7 +10,7 @@ from typing import Any
 
 from decaylab import __version__
 from decaylab.errors import UserError
-from decaylab.files import atomic_write, atomic_write_text
+from decaylab.files import atomic_write, atomic_write_text, not_found
 from decaylab.report import collect, findings, plots
 from decaylab.report.audit import audit_run, decayed_names
 from decaylab.report.samples import Samples, translate_samples
@@ -163,7 +163,7 @@ def write_report(path: Path, samples: int = 5) -> Path:
     """Write `report.html` and `plots/*.png` inside a run or sweep folder; returns the report's path."""
     root = Path(path)
     if not root.is_dir():
-        raise UserError(f"{root}: folder not found")
+        raise UserError(not_found(root, "folder"))
     started = time.perf_counter()
     figures = Figures(root)
     if collect.is_sweep(root):

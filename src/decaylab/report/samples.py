@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from decaylab.errors import UserError
+from decaylab.errors import DamagedFile, UserError
 
 # Sources longer than this many words make the samples table hard to read; shorter ones are preferred.
 READABLE_WORDS = 40
@@ -48,14 +48,14 @@ def translate_samples(models: list[tuple[str, Path]], n: int = 5) -> Samples:
         from decaylab.generation import translate
         from decaylab.runfolder.load import load_trained
 
-        first = load_trained(models[0][1], "best", device="cpu")
+        first = load_trained(models[0][1], "best", device="cpu", option="")
         pairs = pick_pairs(load_splits(first.config.data).valid, n)
         if not pairs:
             return Samples(note="the validation split is empty")
         samples = Samples(sources=[p.source for p in pairs], references=[p.target for p in pairs])
         chrf = CHRF()
         for index, (label, run) in enumerate(models):
-            trained = first if index == 0 else load_trained(run, "best", device="cpu")
+            trained = first if index == 0 else load_trained(run, "best", device="cpu", option="")
             hyps = translate(trained.model, trained.tokenizer, samples.sources, method="greedy", device="cpu")
             samples.labels.append(label)
             samples.outputs.append(hyps)
@@ -63,5 +63,7 @@ def translate_samples(models: list[tuple[str, Path]], n: int = 5) -> Samples:
                                                                                   strict=True)])
             samples.corpus_chrf.append(chrf.corpus_score(hyps, [samples.references]).score)
         return samples
+    except DamagedFile:  # a damaged run file is an error of its own (which file, what still works)
+        raise
     except (UserError, OSError, RuntimeError, ValueError, KeyError) as exc:
         return Samples(note=f"sample translations unavailable: {exc}")

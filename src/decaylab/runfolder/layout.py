@@ -16,7 +16,7 @@ import torch
 from decaylab import __version__
 from decaylab.config import Config, build_config, dump_yaml, load_yaml
 from decaylab.errors import UserError
-from decaylab.files import atomic_write_json, atomic_write_text
+from decaylab.files import atomic_write_json, atomic_write_text, not_found
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def load_run_config(run: Path) -> Config:
     """The resolved config of an existing run folder, or a clear error if it is not one."""
     paths = RunPaths(Path(run))
     if not paths.root.is_dir():
-        raise UserError(f"{run}: run folder not found")
+        raise UserError(not_found(Path(run), "run folder"))
     if not paths.config.is_file():
         raise UserError(f"{run}: not a decaylab run folder (no config.yaml)")
     return build_config(load_yaml(paths.config), origin=str(paths.config))

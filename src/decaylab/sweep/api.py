@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.config import Config, apply_overrides, build_config, config_to_dict, load_config
-from decaylab.errors import UserError
+from decaylab.errors import UserError, WriteError
 from decaylab.regularization.rules import DECAY_MODES
 from decaylab.runfolder.lock import LOCK_FILE, FolderLock, check_free, folder_problem
 from decaylab.sweep.points import Point, check_points, grid_points
 from decaylab.sweep.selection import build_table, choose, compute_seconds
 from decaylab.sweep.spec import SweepSpec, build_spec
-from decaylab.sweep.store import RECORD_VERSION, SweepStore, TrialBook
+from decaylab.sweep.store import RECORD_VERSION, SweepClock, SweepStore, TrialBook
 from decaylab.sweep.trial import TrialContext
 from decaylab.sweep.workers import TrialRunner, run_trials
 
@@ -143,14 +143,19 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
         runner = _vectorized(spec, base, workers, replicas, quiet)
     plan = _validate(spec, base, store, stored, join, overwrite)
     resuming = resume is not None
-    if join:  # a worker of a running study owns only the trials it trains, not the sweep folder
-        return _run(spec, base, store, plan, workers, join, resuming, final, quiet, runner, started)
-    with FolderLock(store.root):
-        if stored is None:  # again as the owner: another process may have started a sweep here since the check
-            _check_folder(store, plan.record, join, overwrite)
-            if overwrite:
-                store.clear()
-        return _run(spec, base, store, plan, workers, join, resuming, final, quiet, runner, started)
+    try:
+        if join:  # a worker of a running study owns only the trials it trains, not the sweep folder
+            return _run(spec, base, store, plan, workers, join, resuming, final, quiet, runner, started)
+        with FolderLock(store.root):
+            if stored is None:  # again as the owner: another process may have started a sweep here since the check
+                _check_folder(store, plan.record, join, overwrite)
+                if overwrite:
+                    store.clear()
+            return _run(spec, base, store, plan, workers, join, resuming, final, quiet, runner, started)
+    except WriteError as exc:  # a full disk, in a trial or the sweep's own files: how to go on is the sweep's
+        go_on = (f"continue with `decaylab sweep --resume {store.root}`" if store.is_sweep()
+                 else "start the sweep again")
+        raise WriteError(exc.detail, f"{go_on} {exc.when}", exc.full) from exc.__cause__
 
 
 def _vectorized(spec: SweepSpec, base: Config, workers: int, replicas: int | None, quiet: bool) -> TrialRunner:
@@ -246,6 +251,7 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
     store.root.mkdir(parents=True, exist_ok=True)
     if not store.is_sweep():
         store.write_record(plan.record)
+    clock = None if join else SweepClock(store, started)  # a joiner's time is its leader's
     say(f"sweep {store.root}: {spec.strategy}, {plan.splits.sizes()} pairs")
     shared = prepare_shared(store.shared, base, plan.splits)
     ctx = TrialContext(str(store.root.resolve()), config_to_dict(base), spec.modes,
@@ -286,7 +292,8 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
         final_info = run_final(store, ctx, shared, point, _reusable(spec, table_rows, point, base), say)
     compute_s = compute_seconds(rows) + ((final_info or {}).get("train_wall_s") or 0.0)
     summary = {"strategy": spec.strategy, "chosen": chosen, "table": table, "final": final_info,
-               "compute_s": compute_s, "wall_s": time.perf_counter() - started, "trials": len(rows),
+               "compute_s": compute_s, "wall_s": clock.stop() if clock else time.perf_counter() - started,
+               "trials": len(rows),
                "spec": spec.to_dict(), "engine": "vectorized" if runner is not run_trials else "sequential",
                **extra}
     if not join:

@@ -12,17 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from decaylab.config import Config
 from decaylab.data.splits import Splits, load_splits
-from decaylab.data.tokenizer import load_tokenizer, train_tokenizer
+from decaylab.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from decaylab.device import seed_everything
-from decaylab.errors import UserError
-from decaylab.files import atomic_write
+from decaylab.errors import DamagedFile, UserError
 from decaylab.models import build_model
-from decaylab.runfolder.checkpoint import model_tensors
+from decaylab.runfolder.checkpoint import model_tensors, read_tensors, write_tensors
 
 TOKENIZER, INIT = "tokenizer.json", "init.safetensors"
 
@@ -48,7 +46,10 @@ class Shared:
             if not path.is_file():
                 raise UserError(f"{path}: missing (the initial weights of seed {seed}); resume the sweep with "
                                 "`decaylab sweep --resume`, which draws them")
-            self.seed_inits[seed] = load_file(str(path))
+            try:
+                self.seed_inits[seed] = read_tensors(path)
+            except DamagedFile as exc:
+                raise exc.saying(SHARED_NEEDED) from None
         return self.seed_inits[seed]
 
 
@@ -69,24 +70,35 @@ def prepare_seed_inits(folder: Path, base: Config, tokenizer: Tokenizer, seeds: 
 def _draw_init(path: Path, base: Config, tokenizer: Tokenizer, seed: int) -> None:
     seed_everything(seed)  # the same draw a single run with this seed would make
     model = build_model(base.model, tokenizer.get_vocab_size())
-    atomic_write(path, lambda tmp: save_file(model_tensors(model), str(tmp)))
+    write_tensors(path, model_tensors(model))
 
 
 _CACHE: dict[str, Shared] = {}  # per process: a worker loads the data and weights once, not once per trial
 
 
+SHARED_NEEDED = ("every trial of the sweep was trained from it: restore it from a copy of the sweep folder, or "
+                 "start a new sweep")
+
+
 def prepare_shared(folder: Path, base: Config, splits: Splits) -> Shared:
     """Train the tokenizer and draw the initial weights once (kept when they already exist, e.g. on resume)."""
+    try:
+        return _prepare_shared(folder, base, splits)
+    except DamagedFile as exc:
+        raise exc.saying(SHARED_NEEDED) from None
+
+
+def _prepare_shared(folder: Path, base: Config, splits: Splits) -> Shared:
     folder.mkdir(parents=True, exist_ok=True)
     tok_path, init_path = folder / TOKENIZER, folder / INIT
     if not tok_path.is_file():
         texts = [p.source for p in splits.train] + [p.target for p in splits.train]
         tokenizer = train_tokenizer(texts, base.tokenizer)
-        atomic_write(tok_path, lambda tmp: tokenizer.save(str(tmp)))
+        save_tokenizer(tokenizer, tok_path)
     tokenizer = load_tokenizer(tok_path)
     if not init_path.is_file():
         _draw_init(init_path, base, tokenizer, base.seed)
-    shared = Shared(splits, tokenizer, load_file(str(init_path)), folder, base.seed)
+    shared = Shared(splits, tokenizer, read_tensors(init_path), folder, base.seed)
     _CACHE[str(folder.resolve())] = shared
     return shared
 
@@ -99,6 +111,9 @@ def load_shared(folder: Path, base: Config, fingerprint: str) -> Shared:
         if splits.fingerprint != fingerprint:
             raise UserError(f"{base.data.name}: the data changed since this sweep started (fingerprint "
                             f"{splits.fingerprint[:12]} != {fingerprint[:12]})")
-        _CACHE[key] = Shared(splits, load_tokenizer(folder / TOKENIZER), load_file(str(folder / INIT)), folder,
-                             base.seed)
+        try:
+            _CACHE[key] = Shared(splits, load_tokenizer(folder / TOKENIZER), read_tensors(folder / INIT), folder,
+                                 base.seed)
+        except DamagedFile as exc:
+            raise exc.saying(SHARED_NEEDED) from None
     return _CACHE[key]

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from decaylab.errors import UserError
-from decaylab.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from decaylab.errors import DamagedFile, UserError
+from decaylab.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, not_found, read_jsonl
 from decaylab.runfolder.layout import SWEEP_RECORD
 
 RECORD_VERSION = 1
 # What a sweep and its report write into its folder; `--overwrite` removes these and only these.
-SWEEP_ENTRIES = (SWEEP_RECORD, "trials.jsonl", "summary.json", "shared", "trials", "final", "final.new", "optuna.db",
-                 "optuna.db-journal", "optuna.db-wal", "optuna.db-shm", "report.html", "plots")
+SWEEP_ENTRIES = (SWEEP_RECORD, "trials.jsonl", "summary.json", "wall.json", "shared", "trials", "final", "final.new",
+                 "optuna.db", "optuna.db-journal", "optuna.db-wal", "optuna.db-shm", "report.html", "plots")
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,10 @@ class SweepStore:
     def final(self) -> Path:
         return self.root / "final"
 
+    @property
+    def clock_file(self) -> Path:
+        return self.root / "wall.json"
+
     def run_dir(self, key: str) -> Path:
         """The normal run folder of one trial."""
         return self.root / "trials" / key
@@ -68,9 +75,9 @@ class SweepStore:
     def read_record(self) -> dict[str, Any]:
         """The sweep.yaml mapping, or a clear error when the folder is not a sweep."""
         if not self.root.is_dir():
-            if self.root.exists():
+            if self.root.exists() and not self.root.is_symlink():
                 raise UserError(f"{self.root}: is a file, not a sweep folder")
-            raise UserError(f"{self.root}: sweep folder not found")
+            raise UserError(not_found(self.root, "sweep folder"))
         if not self.is_sweep():
             raise UserError(f"{self.root}: not a decaylab sweep folder (no sweep.yaml)")
         try:
@@ -94,8 +101,11 @@ class SweepStore:
                             "resume it with its own settings (just --resume DIR) or start a new sweep elsewhere")
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every trials.jsonl row written so far."""
-        return read_jsonl(self.trials_file)
+        """Every trials.jsonl row written so far (a partial last line, a write cut off, is left out)."""
+        try:
+            return read_jsonl(self.trials_file)
+        except DamagedFile as exc:
+            raise exc.saying("the sweep cannot go on with it; the trial run folders are not affected") from None
 
     def write_rows(self, rows: list[dict[str, Any]]) -> None:
         """Replace trials.jsonl atomically."""
@@ -105,11 +115,74 @@ class SweepStore:
         """summary.json, if written."""
         if not self.summary_file.is_file():
             return None
-        return json.loads(self.summary_file.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(self.summary_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None  # written again at the end of the sweep
+        return data if isinstance(data, dict) else None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Replace summary.json atomically."""
         atomic_write_json(self.summary_file, summary)
+
+
+class SweepClock:
+    """The sweep's wall time over all its invocations, so a resumed sweep counts the earlier ones too.
+
+    `wall.json` holds the seconds of the invocations before this one and the start time of the one running. An
+    invocation cut off by a kill never wrote its end: it ran until the last file it wrote in the sweep folder.
+    """
+
+    def __init__(self, store: SweepStore, started: float) -> None:
+        """`started`: this invocation's time.perf_counter() at its start."""
+        self.store, self.started = store, started
+        self.earlier = self._earlier()
+        self._write(self.earlier, time.time() - (time.perf_counter() - started))
+
+    def _earlier(self) -> float:
+        try:
+            data = json.loads(self.store.clock_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            data = None
+        if not isinstance(data, dict):  # a sweep from before wall.json: its last finished invocation, if any
+            summary = self.store.summary() or {}
+            return float(summary["wall_s"]) if _seconds(summary.get("wall_s")) else 0.0
+        wall = float(data["wall_s"]) if _seconds(data.get("wall_s")) else 0.0
+        if _seconds(data.get("started")):  # that invocation was cut off
+            wall += max(0.0, last_write(self.store.root, skip=self.store.clock_file) - data["started"])
+        return wall
+
+    def _write(self, wall_s: float, running_since: float | None) -> None:
+        atomic_write_json(self.store.clock_file, {"wall_s": wall_s, "started": running_since})
+
+    def total(self) -> float:
+        """Seconds over every invocation so far, this one included."""
+        return self.earlier + time.perf_counter() - self.started
+
+    def stop(self) -> float:
+        """Record this invocation as finished; returns the total."""
+        total = self.total()
+        self._write(total, None)
+        return total
+
+
+def _seconds(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def last_write(root: Path, skip: Path | None = None) -> float:
+    """The newest modification time (seconds since the epoch) of any file under `root`."""
+    newest = 0.0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            if path == skip:
+                continue
+            try:
+                newest = max(newest, path.stat().st_mtime)
+            except OSError:  # removed meanwhile (a temp file)
+                continue
+    return newest
 
 
 def first_difference(old: Any, new: Any, where: str = "") -> tuple[str, Any, Any] | None:

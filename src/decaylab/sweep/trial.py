@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from decaylab.config import Config, build_config
+from decaylab.errors import DamagedFile
 from decaylab.files import read_jsonl
 from decaylab.runfolder.checkpoint import load_trainer_state
 from decaylab.runfolder.layout import RunPaths
@@ -66,11 +67,18 @@ def train_trial(ctx: TrialContext, job: TrialJob, monitor: Monitor | None = None
     The trial's folder is owned throughout (runfolder/lock.py), whichever process (a `--workers` process, a
     `--join` worker on another machine) runs it: what it reads from the folder is what it trains on.
     """
-    with FolderLock(SweepStore(Path(ctx.root)).run_dir(job.key)):
-        return _train_trial(ctx, job, monitor)
+    run = SweepStore(Path(ctx.root)).run_dir(job.key)
+    try:
+        with FolderLock(run):
+            return _train_trial(ctx, job, monitor)
+    except DamagedFile as exc:
+        if run.resolve() not in exc.path.resolve().parents:
+            raise
+        raise exc.saying(f"the sweep cannot continue this trial: remove {run} and `decaylab sweep --resume "
+                         f"{ctx.root}` trains it again") from None
 
 
-def _train_trial(ctx: TrialContext, job: TrialJob, monitor: Monitor | None) -> dict[str, Any]:
+def _train_trial(ctx: TrialContext, job: TrialJob, monitor: Monitor | None = None) -> dict[str, Any]:
     store = SweepStore(Path(ctx.root))
     base = ctx.base_config()
     shared = load_shared(store.shared, base, ctx.fingerprint)

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -23,8 +24,9 @@ import torch
 from decaylab.config import Config
 from decaylab.data.batching import Batch, EncodedPairs, collate
 from decaylab.data.prepare import epoch_groups
-from decaylab.errors import UserError
+from decaylab.errors import UserError, WriteError
 from decaylab.files import atomic_write_jsonl
+from decaylab.runfolder.checkpoint import intact_checkpoints
 from decaylab.runfolder.layout import RunPaths
 from decaylab.training.progress import StepProgress
 
@@ -76,6 +78,17 @@ def divergence_message(run: RunState) -> str:
             f"stopped, {kept}")
 
 
+def write_failed(root: Path, exc: WriteError) -> WriteError:
+    """A failed write in run folder `root` (a full disk) as one line: what was being written, which checkpoint
+    is intact, and how to go on."""
+    intact = intact_checkpoints(root)
+    if intact.startswith("checkpoints/last"):
+        hint = f"continue with `decaylab train --resume {root}` {exc.when}"
+    else:
+        hint = f"start the run again {exc.when}"
+    return WriteError(f"{exc.detail}; {intact}", hint, exc.full)
+
+
 class Engine(Protocol):
     """How steps are computed for the runs the loop trains (one model, or K stacked replicas)."""
 
@@ -116,6 +129,7 @@ class TrainingLoop:
         self.engine = engine
         self.quiet = quiet
         self.progress_bar: StepProgress | None = None
+        self.writing: RunState | None = None  # the run whose metrics and checkpoints are being written
 
     def fit(self) -> None:
         """Run the loop; each run's `status`, `progress` and `history` hold the outcome."""
@@ -128,6 +142,10 @@ class TrainingLoop:
         try:
             with self.progress_bar:
                 self._steps(writers)
+        except WriteError as exc:  # a full disk: name the run, which checkpoint is intact and how to go on
+            if self.writing is None:
+                raise
+            raise write_failed(self.writing.paths.root, exc) from exc.__cause__
         finally:
             self.progress_bar = None
             for writer in writers.values():
@@ -216,6 +234,7 @@ class TrainingLoop:
                 if not engine.one_run:
                     self._say(f"{run.name}: {divergence_message(run)}")
                 continue
+            self.writing = run
             progress = run.progress
             progress.update(step=position["step"], epoch=position["epoch"], batch=position["batch"])
             row = {"step": position["step"], "epoch": round(position["epoch"] + position["fraction"], 4),
@@ -249,6 +268,7 @@ class TrainingLoop:
                 f"{r.name}={r.history[-1]['val_loss']:.4f}" for r in engine.active if r not in diverged))
         if leaving or diverged:
             engine.drop(leaving + diverged)
+        self.writing = None
         for callback, row in callbacks:
             callback(row)
 

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
 from decaylab.config import Config, config_to_dict
 from decaylab.data.batching import Batch
 from decaylab.data.prepare import encode_run_data, longest_source, total_steps
 from decaylab.data.splits import Splits
+from decaylab.data.tokenizer import save_tokenizer
 from decaylab.device import autocast, resolve_device, seed_everything
 from decaylab.errors import UserError
 from decaylab.evaluation.metrics import corpus_losses, perplexity
@@ -41,7 +41,13 @@ from decaylab.models import build_model, count_parameters
 from decaylab.models.stacked_rnn import StackedSeq2Seq
 from decaylab.regularization import RULES, Regularization, ReplicaDecay, UnsupportedRule
 from decaylab.regularization.optim import base_optimizer
-from decaylab.runfolder.checkpoint import load_trainer_state, resolve_checkpoint, save_checkpoint
+from decaylab.runfolder.checkpoint import (
+    MODEL_FILE,
+    load_trainer_state,
+    read_tensors,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from decaylab.runfolder.layout import RunPaths, build_meta, write_run_header
 from decaylab.runfolder.lock import FolderLock
 from decaylab.training.loop import RunState, TrainingLoop, fresh_progress
@@ -198,7 +204,7 @@ class StackedTrainer:
             if resume and has_checkpoint:
                 folder = resolve_checkpoint(paths.last)
                 state = load_trainer_state(folder)
-                saved = load_file(str(folder / "model.safetensors"))
+                saved = read_tensors(folder / MODEL_FILE)
                 weights[replica.name] = {n: saved[n] for n in self.names}
                 replica.progress = state["progress"]
                 replica.history = [r for r in read_jsonl(paths.metrics) if r["step"] <= replica.progress["step"]]
@@ -219,7 +225,7 @@ class StackedTrainer:
                 weights[replica.name] = self.initial[replica.name]
                 replica.progress = fresh_progress()
                 write_run_header(paths, replica.config, self._meta(replica))
-                self.tokenizer.save(str(paths.tokenizer))
+                save_tokenizer(self.tokenizer, paths.tokenizer)
                 atomic_write_jsonl(paths.metrics, [])
                 if step not in (None, 0):
                     raise ValueError(f"{paths.root}: a fresh replica cannot join a stack resumed at step {step}")

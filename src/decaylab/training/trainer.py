@@ -19,17 +19,18 @@ from decaylab.config import Config
 from decaylab.data.batching import Batch, collate
 from decaylab.data.prepare import encode_run_data, epoch_groups, longest_source, total_steps
 from decaylab.data.splits import Splits, load_splits
-from decaylab.data.tokenizer import load_tokenizer, train_tokenizer
+from decaylab.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from decaylab.device import autocast, resolve_device, seed_everything
-from decaylab.errors import UserError
+from decaylab.errors import DamagedFile, UserError, WriteError
 from decaylab.evaluation.metrics import corpus_loss, perplexity
-from decaylab.files import atomic_write_jsonl, read_jsonl
+from decaylab.files import atomic_write_jsonl, load_jsonl
 from decaylab.models import build_model, count_parameters
 from decaylab.regularization import Regularization
 from decaylab.runfolder.checkpoint import load_model_weights, load_trainer_state, save_checkpoint
 from decaylab.runfolder.layout import RunPaths, build_meta, load_run_config, start_new_run, write_run_header
+from decaylab.runfolder.load import other_checkpoint
 from decaylab.runfolder.lock import FolderLock, folder_problem
-from decaylab.training.loop import RunState, TrainingLoop, divergence_message
+from decaylab.training.loop import RunState, TrainingLoop, divergence_message, write_failed
 from decaylab.training.schedule import lr_multiplier
 
 log = logging.getLogger(__name__)
@@ -101,14 +102,18 @@ class Trainer:
         config, cfg, resume = self.config, self.config.train, self.resume
         if not resume:
             start_new_run(self.paths, overwrite)
-        if tokenizer is None:
-            if resume and self.paths.tokenizer.is_file():
-                tokenizer = load_tokenizer(self.paths.tokenizer)
-            else:
+        if tokenizer is None and resume and self._has_checkpoint():
+            # the checkpoint's vocabulary is this file's: never train a new tokenizer for it
+            tokenizer = self.tokenizer = self._run_tokenizer()
+        else:
+            if tokenizer is None:
                 texts = [p.source for p in self.splits.train] + [p.target for p in self.splits.train]
                 tokenizer = train_tokenizer(texts, config.tokenizer)
-        self.tokenizer = tokenizer
-        self.tokenizer.save(str(self.paths.tokenizer))
+            self.tokenizer = tokenizer
+            try:
+                save_tokenizer(tokenizer, self.paths.tokenizer)
+            except WriteError as exc:
+                raise write_failed(self.paths.root, exc) from exc.__cause__
         self.train_data, self.valid_data, self.valid_eval, self.train_eval = encode_run_data(
             config, tokenizer, self.splits)
 
@@ -160,9 +165,29 @@ class Trainer:
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return state
 
+    def _has_checkpoint(self) -> bool:
+        return self.paths.last.exists() or self.paths.last.with_name("last.old").exists()
+
+    def _run_tokenizer(self) -> Tokenizer:
+        """The run's own tokenizer.json, which its checkpoints were trained with (missing or damaged: an error)."""
+        path = self.paths.tokenizer
+        if not path.exists():
+            raise UserError(f"{path}: missing; {self.paths.last} was trained with it and a tokenizer trained again "
+                            "could have another vocabulary, so the run cannot resume: restore tokenizer.json from a "
+                            "copy of the run, or start a new run")
+        try:
+            return load_tokenizer(path)
+        except DamagedFile as exc:
+            raise exc.saying(f"{self.paths.last} was trained with it, so the run cannot resume: restore "
+                             "tokenizer.json from a copy of the run, or start a new run") from None
+
     def _restore(self) -> dict[str, Any]:
-        load_model_weights(self.paths.last, self.model)
-        state = load_trainer_state(self.paths.last)
+        try:
+            load_model_weights(self.paths.last, self.model)
+            state = load_trainer_state(self.paths.last)
+        except DamagedFile as exc:
+            raise exc.saying(f"cannot resume from it; {other_checkpoint(self.paths.root, 'last', option='')}"
+                             ) from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_torch"])
@@ -225,7 +250,7 @@ class Trainer:
         run = self.run
         if self.resume and (self.paths.last.exists() or self.paths.last.with_name("last.old").exists()):
             run.progress = self._restore()
-            run.history = [row for row in read_jsonl(self.paths.metrics) if row["step"] <= run.progress["step"]]
+            run.history = self._checkpointed_history(run.progress["step"])
             if not self.quiet:
                 print(f"resuming {self.paths.root} at step {run.progress['step']} (epoch {run.progress['epoch']})",
                       file=sys.stderr, flush=True)
@@ -233,8 +258,11 @@ class Trainer:
             meta = build_meta(self.config, self.splits.fingerprint, self.splits.sizes(), self.splits.origin,
                               self.device, self.n_params)
             meta["data"]["max_source_tokens"] = longest_source(self.train_data)  # generation's input limit
-            write_run_header(self.paths, self.config, meta)
-            atomic_write_jsonl(self.paths.metrics, [])
+            try:
+                write_run_header(self.paths, self.config, meta)
+                atomic_write_jsonl(self.paths.metrics, [])
+            except WriteError as exc:
+                raise write_failed(self.paths.root, exc) from exc.__cause__
         done = run.progress["stopped_early"] or run.progress["step"] >= self.total_steps
         self.active = [] if done else [run]
         self.model.train()
@@ -244,6 +272,30 @@ class Trainer:
         progress = run.progress
         return TrainResult(self.paths.root, progress["best_val_loss"], progress["best_step"], run.history,
                            progress["stopped_early"])
+
+    def _checkpointed_history(self, step: int) -> list[dict[str, Any]]:
+        """The metrics rows up to the resumed checkpoint's step; a partial last line (a write cut off by a kill or
+        a full disk) is dropped, said, and the file rewritten without it."""
+        path = self.paths.metrics
+        still = ("the run cannot resume with it (a cut-off write leaves only the last line partial); the checkpoints "
+                 "are not affected: generate and evaluate still work")
+        try:
+            content = load_jsonl(path)
+        except DamagedFile as exc:
+            raise exc.saying(still) from None
+        if any(not isinstance(row.get("step"), int) for row in content.rows):
+            raise DamagedFile(path, "a row has no integer 'step'", still)
+        history = [row for row in content.rows if row["step"] <= step]
+        if content.partial_line is not None:
+            lost = (f"; the rows after step {history[-1]['step'] if history else 0} up to the checkpoint's step "
+                    f"{step} are lost" if not history or history[-1]["step"] < step else "")
+            log.warning("%s:%d: dropped a partial last line (a write was cut off); resuming with the %d complete "
+                        "rows up to step %d%s", path, content.partial_line, len(history), step, lost)
+            try:
+                atomic_write_jsonl(path, history)
+            except WriteError as exc:
+                raise write_failed(self.paths.root, exc) from exc.__cause__
+        return history
 
     def _train_step(self, batch: Batch) -> torch.Tensor:
         """One optimizer step; returns [mean task loss per target token, that plus the penalty] on the device."""
