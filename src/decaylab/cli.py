@@ -178,6 +178,7 @@ def evaluate(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
 ) -> None:
     """Loss, perplexity, BLEU, chrF and generalization gap on a split; written to RUN/eval.json."""
+    from rich.markup import escape
     from rich.table import Table
 
     from decaylab.evaluation.evaluate import evaluate_run
@@ -185,7 +186,8 @@ def evaluate(
     _at_least("evaluate", "--beam", beam, 1)
     _at_least("evaluate", "--max-examples", max_examples, 1)
     result = evaluate_run(run, split, beam, checkpoint, max_examples, device)
-    table = Table(title=f"{run} — {split} ({result['examples']} pairs, {checkpoint} checkpoint, beam {result['beam']})")
+    table = Table(title=escape(f"{run} — {split} ({result['examples']} pairs, {checkpoint} checkpoint, "
+                               f"beam {result['beam']})"))  # a path is text, not rich markup
     for key in ("loss", "ppl", "bleu", "chrf", "train_loss", "gap"):
         table.add_column(key, justify="right")
     table.add_row(*(f"{result[key]:.4f}" if key in ("loss", "train_loss", "gap") else f"{result[key]:.2f}"
