@@ -158,7 +158,7 @@ class RefSGDW:
 @pytest.mark.parametrize(
     "momentum,dampening,nesterov", [(0.9, 0.0, False), (0.9, 0.0, True), (0.8, 0.3, False), (0.0, 0.0, False)]
 )
-@pytest.mark.parametrize("scaling", ["lr", "schedule"])
+@pytest.mark.parametrize("scaling", ["lr", "schedule", "corrected"])
 def test_decoupled_sgd_matches_reference_sgdw(momentum, dampening, nesterov, scaling):
     lam, peak, steps, data = 0.2, 0.05, 50, toy_data()
     s = cosine(steps)
@@ -174,7 +174,8 @@ def test_decoupled_sgd_matches_reference_sgdw(momentum, dampening, nesterov, sca
 
         def step(self):
             lr_t = peak * s(self.t)
-            ref_opt.step(lr_t, (lr_t if scaling == "lr" else s(self.t)) * lam)
+            c_t = {"lr": lr_t, "schedule": s(self.t), "corrected": lr_t * lr_t / peak}[scaling]  # DESIGN §3
+            ref_opt.step(lr_t, c_t * lam)
             self.t += 1
 
     train(ref, _Opt(), data, steps=steps)
@@ -502,3 +503,29 @@ def test_norms_describe_and_pickle():
     assert Regularization(**desc).describe() == desc
     clone = pickle.loads(pickle.dumps(reg))
     assert clone.norms(model) == nrm
+
+
+@pytest.mark.parametrize("scaling,normalized", [("corrected", True), ("lr", False)])
+def test_corrected_decay_matches_pytorch_optimizer_adamc(scaling: str, normalized: bool) -> None:
+    """AdamC (Defazio 2025) on every decayed parameter, as timm's `adamc`: c_t = η_t²/η_max, step for step.
+
+    pytorch-optimizer's AdamC with `normalized=True` on every group is the reference (timm needs torchvision, which
+    pulls a CUDA build). It adds eps to √v before the bias correction, torch after it, so eps = 0 here: with
+    eps = 1e-8 the two differ by ~1e-5 for `lr` (plain AdamW) exactly as much as for `corrected`.
+    """
+    pytest.importorskip("pytorch_optimizer")
+    from pytorch_optimizer import AdamC
+
+    lam, peak, steps, data = 0.3, 0.05, 30, toy_data()
+    ref = toy_model()
+    ours = copy.deepcopy(ref)
+    reg = Regularization(mode="decoupled", weight_decay=lam, decay_set="all", decay_scaling=scaling)
+    ours_opt = reg.optimizer(ours, "adamw", lr=peak, betas=(0.9, 0.99), eps=0.0)
+    ref_opt = AdamC([{"params": list(ref.parameters()), "normalized": normalized}], lr=peak, betas=(0.9, 0.99),
+                    weight_decay=lam, eps=0.0)
+    train(ours, ours_opt, data, steps=steps, sched=torch.optim.lr_scheduler.LambdaLR(ours_opt, cosine(steps)))
+    train(ref, ref_opt, data, steps=steps, sched=torch.optim.lr_scheduler.LambdaLR(ref_opt, cosine(steps)))
+    assert_same_params(ours, ref)
+    if scaling == "corrected":  # the decay really follows η_t²/η_max: the metric reports it
+        lr_t = ours_opt.param_groups[0]["lr"]
+        assert reg.decay_factor(ours_opt) == pytest.approx(1 - lr_t * lr_t / peak * lam)

@@ -8,7 +8,7 @@ import torch
 
 from .decay_set import DecayPlan
 from .decoupled_sgd import SGDW
-from .rules import OPTIMIZERS, RULES, Acts, check_optimizer
+from .rules import DECAY_SCALING_RULES, OPTIMIZERS, RULES, Acts, check_optimizer
 from .validate import check_choice, check_nonneg
 
 try:  # private torch helper; the fallback lists the devices with fused Adam since torch 2.4
@@ -110,13 +110,33 @@ def build_optimizer(
         # torch's own default, on every trainable parameter, on top of each group's value
         for g in groups:
             g["weight_decay"] += extra
+            g["extra_weight_decay"] = extra
 
     params = [p for g in groups for p in g["params"]]
     decoupled = rule.acts is Acts.DECOUPLED
     if name in ("adam", "adamw"):
         # torch Adam(weight_decay) is coupled; AdamW is Adam with decoupled decay
         cls = torch.optim.AdamW if (decoupled or name == "adamw") else torch.optim.Adam
-        return cls(groups, lr=lr, **_foreach_or_fused(kwargs, params, True))
-    if decoupled or name == "sgdw":
-        return SGDW(groups, lr=lr, **kwargs)
-    return torch.optim.SGD(groups, lr=lr, **_foreach_or_fused(kwargs, params, False))
+        optimizer = cls(groups, lr=lr, **_foreach_or_fused(kwargs, params, True))
+    elif decoupled or name == "sgdw":
+        optimizer = SGDW(groups, lr=lr, **kwargs)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=lr, **_foreach_or_fused(kwargs, params, False))
+    if decoupled and any(DECAY_SCALING_RULES[g["decay_scaling"]].varies for g in groups):
+        optimizer.register_step_pre_hook(follow_lr)
+    return optimizer
+
+
+def follow_lr(optimizer: torch.optim.Optimizer, args: Any = None, kwargs: Any = None) -> None:
+    """Before each step, set every decaylab group's `weight_decay` for the group's current lr.
+
+    For a decay scaling whose c_t is not proportional to lr_t (corrected: c_t = η_t²/η_max), torch's decay
+    lr_t·wd equals c_t·λ only with wd = λ·c_t/lr_t, which changes with the schedule.
+    """
+    for group in optimizer.param_groups:
+        if "peak_lr" not in group:
+            continue
+        rule = RULES[group["mode"]]
+        group["weight_decay"] = rule.torch_weight_decay(group["effective_weight_decay"], group["decay_scaling"],
+                                                        group["peak_lr"], lr=float(group["lr"]))
+        group["weight_decay"] += group.get("extra_weight_decay", 0.0)

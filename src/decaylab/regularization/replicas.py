@@ -39,9 +39,12 @@ class ReplicaDecay:
             vector = torch.tensor(lam, dtype=torch.float32, device=device)
             coefs = [(vector * multipliers[name]).view(-1, *([1] * (p.dim() - 1))) for name, p in decayed]
             self.terms.append((rule, [p for _, p in decayed], coefs))
-        # c_t = η_t·f_k, f_k from each replica's decay scaling and η_max: one device vector, no host sync per step
-        self.scaling = torch.tensor([DECAY_SCALING_RULES[s["decay_scaling"]].torch_factor(peak_lr)
-                                     for s in settings], dtype=torch.float32, device=device)
+        # c_t per replica from its decay scaling: one device mask per scaling in use, combined with Python scalars
+        # each step (no host-to-device copy, no sync)
+        names = [s["decay_scaling"] for s in settings]
+        self.scalings = [(DECAY_SCALING_RULES[name], torch.tensor([float(n == name) for n in names],
+                                                                   dtype=torch.float32, device=device))
+                         for name in dict.fromkeys(names)]
         self._settings = [dict(s) for s in settings]
 
     @staticmethod
@@ -83,7 +86,7 @@ class ReplicaDecay:
         terms = self._of(Acts.DECOUPLED)
         if not terms:
             return
-        scale = lr * self.scaling
+        scale = sum(scaling.coefficient(lr, self.peak_lr) * mask for scaling, mask in self.scalings)
         for rule, tensors, coefs in terms:
             rule.kernel("replica_kernel")([p.detach() for p in tensors], coefs, scale)
 
@@ -96,4 +99,4 @@ class ReplicaDecay:
         return out
 
     def _device(self) -> torch.device:
-        return self.scaling.device
+        return self.scalings[0][1].device

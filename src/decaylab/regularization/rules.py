@@ -41,20 +41,26 @@ class Acts(str, Enum):
 
 @dataclass(frozen=True)
 class DecayScaling:
-    """How a decoupled rule's per-step coefficient c_t follows the learning-rate schedule."""
+    """How a decoupled rule's per-step coefficient c_t follows the learning-rate schedule (w ← w − c_t·λ·w)."""
 
     name: str
     formula: str
     coefficient: Callable[[float, float], float]  # (lr_t, peak_lr) -> c_t
-    torch_factor: Callable[[float], float]  # peak_lr -> factor on λ that torch's lr_t·wd turns into c_t·λ
+    varies: bool = False  # c_t / lr_t changes during the run: torch's group weight_decay is updated every step
+
+    def torch_factor(self, lr: float, peak: float) -> float:
+        """The factor f on λ such that torch's decay lr_t·(λ·f) is c_t·λ (at lr_t = `lr`)."""
+        return self.coefficient(lr, peak) / lr
 
 
 DECAY_SCALING_RULES: dict[str, DecayScaling] = {
     s.name: s
     for s in (
-        DecayScaling("lr", "c_t = η_t (torch AdamW)", lambda lr, peak: lr, lambda peak: 1.0),
-        DecayScaling("schedule", "c_t = η_t/η_max (Loshchilov & Hutter)", lambda lr, peak: lr / peak,
-                     lambda peak: 1.0 / peak),
+        DecayScaling("lr", "c_t = η_t (torch AdamW)", lambda lr, peak: lr),
+        DecayScaling("schedule", "c_t = η_t/η_max (Loshchilov & Hutter)", lambda lr, peak: lr / peak),
+        # AdamC / corrected decay (Defazio 2025), on every decayed parameter as timm's `adamc`
+        DecayScaling("corrected", "c_t = η_t²/η_max (AdamC, Defazio 2025)", lambda lr, peak: lr * lr / peak,
+                     varies=True),
     )
 }
 DECAY_SCALINGS: tuple[str, ...] = tuple(DECAY_SCALING_RULES)
@@ -102,13 +108,14 @@ class Rule:
             return 0.0
         return float(settings[self.strength])
 
-    def torch_weight_decay(self, lam: float, decay_scaling: str, peak_lr: float) -> float:
-        """The torch param-group `weight_decay` that realizes effective λ under this rule."""
+    def torch_weight_decay(self, lam: float, decay_scaling: str, peak_lr: float, lr: float | None = None) -> float:
+        """The torch param-group `weight_decay` that realizes effective λ under this rule at lr_t = `lr` (the peak
+        when None)."""
         if self.acts is Acts.GRADIENT:
             return lam
         if self.acts is Acts.DECOUPLED:
-            # torch decays by lr_t·wd; with wd = λ·f(η_max) that is c_t·λ
-            return lam * DECAY_SCALING_RULES[decay_scaling].torch_factor(peak_lr)
+            # torch decays by lr_t·wd; with wd = λ·c_t/lr_t that is c_t·λ
+            return lam * DECAY_SCALING_RULES[decay_scaling].torch_factor(peak_lr if lr is None else lr, peak_lr)
         return 0.0  # nowhere: nothing; loss terms live in the loss
 
     def decay_factor(self, lam: float, decay_scaling: str, lr: float, peak_lr: float) -> float:
@@ -136,7 +143,8 @@ RULES: dict[str, Rule] = {
                             "mode='decoupled' with it, or optimizer 'sgd'/'adam' for coupled decay",
              usual_range={"": (1e-5, 1e-1)}, replica_kernel="add_l2_gradient_"),
         Rule("decoupled", Acts.DECOUPLED, "weight_decay", True, "w ← w − c_t·λ·m·w before the update (AdamW)",
-             "decoupled (AdamW-style)", "#1f77b4", usual_range={"lr": (1e-4, 1.0), "schedule": (1e-6, 1e-2)},
+             "decoupled (AdamW-style)", "#1f77b4",
+             usual_range={"lr": (1e-4, 1.0), "schedule": (1e-6, 1e-2), "corrected": (1e-4, 1.0)},
              replica_kernel="decoupled_decay_"),
         Rule("l1", Acts.LOSS, "l1", False, "loss += λ₁·Σ m‖w‖₁ (with any mode)", "l1 (penalty)", "#9467bd",
              penalty="l1_penalty", replica_kernel="add_l1_gradient_",
