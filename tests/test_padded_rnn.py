@@ -141,7 +141,7 @@ def test_encoder_keeps_the_packed_run_where_the_fused_kernel_is_missing(monkeypa
     b = collate([[5, 6, 7, 2], [8, 2], [9, 10, 11, 12, 13, 2]], [[5, 2], [6, 7, 2], [8, 2]])
     fused = model.encode(b.src, b.src_len)
     calls: list[int] = []
-    monkeypatch.setattr(rnn, "fused_lstm_supported", lambda dtype: False)
+    monkeypatch.setattr(rnn, "fused_lstm_here", lambda: False)
     monkeypatch.setattr(rnn, "run_padded", lambda *args: calls.append(1))
     packed = model.encode(b.src, b.src_len)
     assert not calls  # the padded kernel was not asked for

@@ -107,3 +107,9 @@ def fused_lstm_supported(dtype: torch.dtype) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+@torch.compiler.assume_constant_result
+def fused_lstm_here() -> bool:
+    """`fused_lstm_supported` at the current CPU compute dtype; to torch.compile a constant, probed eagerly."""
+    return fused_lstm_supported(cpu_compute_dtype())

@@ -23,7 +23,7 @@ from decaylab.data.batching import Batch
 from decaylab.data.tokenizer import PAD_ID
 from decaylab.models.adaptive_output import adaptive_cutoffs, full_log_probs, target_log_probs
 from decaylab.models.fused_loss import linear_cross_entropy
-from decaylab.models.padded_rnn import cpu_compute_dtype, fused_lstm_supported, run_padded
+from decaylab.models.padded_rnn import fused_lstm_here, run_padded
 
 # The decoder's state: [layers, N, H] (a pair for LSTM), rows on dim 1. Private to this module: callers go through
 # `Seq2Seq.initial_state` / `reorder_state` (models/contract.py).
@@ -163,7 +163,7 @@ class Seq2Seq(nn.Module):
     def run_encoder(self, embedded: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, RNNState]:
         """The encoder RNN over padded embeddings as if packed: outputs [B, S, H] (zero at pads), final state."""
         if embedded.device.type == "cpu" and self.cfg.cell == "lstm":
-            if not fused_lstm_supported(cpu_compute_dtype()):
+            if not fused_lstm_here():
                 with self._lstm_in_float32():
                     return self.run_encoder_packed(embedded.float(), lengths)
             # the packed run's result through oneDNN's fused LSTM kernel (models/padded_rnn.py)
@@ -198,7 +198,7 @@ class Seq2Seq(nn.Module):
         """Attentional decoder states [B, T, D] for a (prefix of the) shifted target, and the new RNN state."""
         embedded = self.dropout(self.tgt_embed(tgt_in))
         state = memory.state if state is None else state
-        if embedded.device.type == "cpu" and self.cfg.cell == "lstm" and not fused_lstm_supported(cpu_compute_dtype()):
+        if embedded.device.type == "cpu" and self.cfg.cell == "lstm" and not fused_lstm_here():
             with self._lstm_in_float32():
                 hidden, state = self.decoder(embedded.float(), _map_state(state, torch.Tensor.float))
         else:
