@@ -40,6 +40,17 @@ def tiny() -> Config:
 
 
 @pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest (and steadiest on a busy machine) on one intra-op thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def data():
     """The tiny config's splits and tokenizer, built once per test module."""
     from decaylab.data.splits import load_splits

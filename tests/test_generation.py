@@ -26,12 +26,8 @@ SOME_CONFIGS = [ALL_CONFIGS[1], ALL_CONFIGS[14]]  # gru/bi/general and lstm/uni/
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest (and steadiest on a busy machine) on one intra-op thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this module on one intra-op thread (conftest.one_thread)."""
 
 
 def make_model(seed: int = 0, vocab: int = VOCAB, eos_bias: float = 0.0, **kwargs) -> Seq2Seq:

@@ -28,11 +28,8 @@ CONTRACT = ["forward", "loss", "encode", "initial_state", "step", "reorder_state
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this module on one intra-op thread (conftest.one_thread)."""
 
 
 def sources(n: int, seed: int, vocab: int = 12) -> list[list[int]]:
