@@ -290,10 +290,6 @@ class StackedTrainer:
         self.params = params
         self._build({n: s for n, s in states.items() if s}, sched_state, lr)
 
-    def penalties(self) -> torch.Tensor:
-        """Each active replica's loss-side penalty [K], as `Regularization.penalty` of its single run."""
-        return self.decay.penalties()
-
     # -- one step ------------------------------------------------------------------------------------
     def _shape(self, values: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return values.view(-1, *([1] * (p.dim() - 1)))
@@ -342,7 +338,7 @@ class StackedTrainer:
         decayed = [n for n in self.names if self.multiplier[n]]
         decay_sq = sum((sq[n] for n in decayed), zero)
         rest_sq = sum((sq[n] for n in self.names if not self.multiplier[n]), zero)
-        penalty = self.penalties().tolist()
+        penalty = self.decay.penalties().tolist()
         norms = torch.stack([decay_sq, rest_sq]).sqrt().tolist()
         total = (decay_sq + rest_sq).sqrt().tolist()
         lr = self.optimizer.param_groups[0]["lr"]
