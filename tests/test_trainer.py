@@ -105,7 +105,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path: Pa
     good = load_trainer_state(tmp_path / "run" / "checkpoints" / "last")["progress"]["step"]
     trainer2 = Trainer(tiny_config("train.epochs=6"), tmp_path / "run", resume=True, quiet=True)
     # the last batch of an epoch is followed by an evaluation, not by another step
-    bad = 3 if bad_batch == "third" else len(trainer2._epoch_batches(3))
+    bad = 3 if bad_batch == "third" else len(trainer2._epoch_groups(3))
     forward, calls = trainer2.model.forward, []
 
     def poisoned(*args, **kwargs):  # that training batch after resuming produces a NaN loss

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from decaylab.errors import UserError
-from decaylab.regularization.rules import MODES, RULES, SWEEPABLE
+from decaylab.regularization.rules import DECAY_SETS, MODES, RULES, SWEEPABLE
 from decaylab.ui import console as make_console
 
 app = typer.Typer(
@@ -36,7 +36,7 @@ def train(
         f"{name} ({RULES[name].formula})" for name in MODES) + ".")] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay", "--lambda", help="λ.")] = None,
     l1: Annotated[float | None, typer.Option(help="L1 strength λ₁.")] = None,
-    decay_set: Annotated[str | None, typer.Option(help="all, no_bias_norm, matrices, matrices_no_embedding.")] = None,
+    decay_set: Annotated[str | None, typer.Option(help=", ".join(DECAY_SETS) + ".")] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout probability.")] = None,
     max_examples: Annotated[int | None, typer.Option(help="Use at most this many training pairs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
@@ -350,7 +350,7 @@ def sweep(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam, adamw or sgd.")] = None,
     l1: Annotated[float | None, typer.Option(help="L1 strength λ₁ kept fixed (unless --mode l1).")] = None,
-    decay_set: Annotated[str | None, typer.Option(help="all, no_bias_norm, matrices, matrices_no_embedding.")]
+    decay_set: Annotated[str | None, typer.Option(help=", ".join(DECAY_SETS) + ".")]
     = None,
     max_examples: Annotated[int | None, typer.Option(help="Use at most this many training pairs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (also fixes the CV folds).")] = None,

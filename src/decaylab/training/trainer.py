@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer
 
 from decaylab.config import Config
-from decaylab.data.batching import Batch, collate
+from decaylab.data.batching import Batch
 from decaylab.data.prepare import encode_run_data, epoch_groups, longest_source, total_steps
 from decaylab.data.splits import Splits, load_splits
 from decaylab.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
@@ -147,10 +147,6 @@ class Trainer:
     def _epoch_groups(self, epoch: int) -> list[list[int]]:
         """Example indices per batch for `epoch` (the order depends only on seed and epoch)."""
         return epoch_groups(self.config, self.train_data, epoch)
-
-    def _epoch_batches(self, epoch: int) -> list[Batch]:
-        data = self.train_data
-        return [collate([data.sources[i] for i in g], [data.targets[i] for i in g]) for g in self._epoch_groups(epoch)]
 
     # -- state ---------------------------------------------------------------------------------------
     def _state(self, progress: dict[str, Any]) -> dict[str, Any]:
