@@ -113,9 +113,10 @@ def test_a_model_section_without_arch_is_the_rnn(tmp_path: Path) -> None:
 def test_unknown_arch_is_one_line_naming_the_architectures() -> None:
     with pytest.raises(UserError) as info:
         load_config(None, ["model.arch=foo", "model.hidden=12"])
-    assert str(info.value) == "config: config field 'model.arch': Input should be 'rnn' or 'transformer' (got 'foo')"
-    with pytest.raises(UserError, match=r"^config: config field 'model\.arch': Input should be 'rnn' or 'transformer' "
-                                        r"\(got None\)$"):
+    assert str(info.value) == ("config: config field 'model.arch': Input should be 'rnn', 'transformer' or 'decoder' "
+                               "(got 'foo')")
+    with pytest.raises(UserError, match=r"^config: config field 'model\.arch': Input should be 'rnn', 'transformer' or "
+                                        r"'decoder' \(got None\)$"):
         load_config(None, ["model.arch=null"])
 
 
@@ -151,7 +152,7 @@ def test_rnn_config_round_trip_keeps_its_shape(tmp_path: Path) -> None:
 
 def test_common_model_fields_are_on_the_base() -> None:
     assert {"arch", "preset", "dropout", "tie_embeddings", "output"} <= set(ModelSection.model_fields)
-    assert set(MODEL_CONFIGS) == set(MODELS) == {"rnn", "transformer"}
+    assert set(MODEL_CONFIGS) == set(MODELS) == {"rnn", "transformer", "decoder"}
     assert all(issubclass(cls, ModelSection) for cls in MODEL_CONFIGS.values())
 
 

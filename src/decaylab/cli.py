@@ -87,26 +87,33 @@ def train(
 @app.command()
 def generate(
     run: Annotated[Path, typer.Argument(help="A trained run folder.")],
-    input: Annotated[str, typer.Option("--input", "-i", help="File with one source per line, or - for stdin.")],
+    input: Annotated[str | None, typer.Option(
+        "--input", "-i", help="File with one source (a language model: one prompt) per line, or - for stdin.")] = None,
+    prompt: Annotated[list[str] | None, typer.Option(
+        help="A source or prompt given on the command line (repeatable; with --input, these come first).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(
+        help="Most tokens generated per input (default: a language model 64; an encoder-decoder follows "
+             "generation.max_len_ratio and max_len_extra).")] = None,
     beam: Annotated[int, typer.Option(help="Beam size (1 = greedy).")] = 1,
     method: Annotated[str | None, typer.Option(help="greedy, beam or sample (default from --beam).")] = None,
     length_penalty: Annotated[float | None, typer.Option(help="Beam length penalty α.")] = None,
     temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
     top_k: Annotated[int, typer.Option(help="Sampling: keep the k most likely tokens (0 = all).")] = 0,
     top_p: Annotated[float, typer.Option(help="Sampling: nucleus mass.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Sampling seed (the same seed gives the same samples).")] = 0,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
 ) -> None:
-    """Translate each input line; writes one output per line to stdout."""
+    """Translate each input line, or continue each prompt of a language model; one output per line on stdout."""
     import json
 
-    from decaylab.generation import translate
+    from decaylab.generation import continue_prompts, translate
     from decaylab.generation.limits import input_token_limit
     from decaylab.runfolder.load import load_trained
 
     _at_least("generate", "--beam", beam, 1)
     _at_least("generate", "--top-k", top_k, 0)
+    _at_least("generate", "--max-new-tokens", max_new_tokens, 1)
     if not temperature > 0:
         raise UserError(f"generate: --temperature: must be > 0 (got {temperature:g})")
     if not 0 < top_p <= 1:
@@ -115,27 +122,46 @@ def generate(
         raise UserError(f"generate: --length-penalty: must be >= 0 (got {length_penalty:g})")
     if method is not None and method not in ("greedy", "beam", "sample"):
         raise UserError(f"generate: --method: must be one of greedy, beam, sample (got {method!r})")
+    if input is None and not prompt:
+        raise UserError("generate: give the inputs: --input FILE (or - for stdin) and/or --prompt TEXT")
     trained = load_trained(run, checkpoint, device)
-    lines = _read_lines(input)
+    lines = list(prompt or []) + (_read_lines(input) if input is not None else [])
     gen = trained.config.generation
-    meta = json.loads(trained.paths.meta.read_text(encoding="utf-8")) if trained.paths.meta.is_file() else {}
-    limit, why = input_token_limit(trained.config, meta)
-    where = "stdin" if input == "-" else input
-
-    def warn(index: int, tokens: int) -> None:
-        size = "far more" if tokens < 0 else f"{tokens:,} tokens, more"
-        print(f"warning: {where}:{index + 1}: {size} than this model takes ({limit} tokens: {why}; set "
-              "generation.max_input_tokens to change it): cut to its first tokens", file=sys.stderr)
-
+    chosen = method or ("beam" if beam > 1 else "greedy")
+    penalty = gen.length_penalty if length_penalty is None else length_penalty
+    where = "stdin" if input == "-" else input or "--prompt"
     try:
-        outputs = translate(
-            trained.model, trained.tokenizer, lines, method=method or ("beam" if beam > 1 else "greedy"), beam=beam,
-            length_penalty=gen.length_penalty if length_penalty is None else length_penalty,
-            max_len_ratio=gen.max_len_ratio, max_len_extra=gen.max_len_extra, device=trained.device,
-            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_input_tokens=limit, on_cut=warn)
+        if trained.config.data.kind == "text":
+            model_cfg = trained.config.model
+            context = model_cfg.max_positions if model_cfg.positions == "learned" else None
+
+            def cut_prompt(index: int, tokens: int) -> None:
+                print(f"warning: {where}:{index + 1}: a prompt of {tokens:,} tokens does not fit the model's "
+                      f"{context} positions with --max-new-tokens: its last tokens are kept", file=sys.stderr)
+
+            outputs = continue_prompts(
+                trained.model, trained.tokenizer, lines, max_new_tokens=max_new_tokens or 64, method=chosen,
+                beam=beam, length_penalty=penalty, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                max_context=context, on_cut=cut_prompt)
+        else:
+            meta = json.loads(trained.paths.meta.read_text(encoding="utf-8")) if trained.paths.meta.is_file() else {}
+            limit, why = input_token_limit(trained.config, meta)
+
+            def warn(index: int, tokens: int) -> None:
+                size = "far more" if tokens < 0 else f"{tokens:,} tokens, more"
+                print(f"warning: {where}:{index + 1}: {size} than this model takes ({limit} tokens: {why}; set "
+                      "generation.max_input_tokens to change it): cut to its first tokens", file=sys.stderr)
+
+            ratio, extra = (0.0, max_new_tokens) if max_new_tokens else (gen.max_len_ratio, gen.max_len_extra)
+            outputs = translate(
+                trained.model, trained.tokenizer, lines, method=chosen, beam=beam, length_penalty=penalty,
+                max_len_ratio=ratio, max_len_extra=extra, device=trained.device, temperature=temperature,
+                top_k=top_k, top_p=top_p, seed=seed, max_input_tokens=limit, on_cut=warn)
     except ValueError as exc:  # the search validates its arguments; show which option was wrong, not a traceback
         raise UserError(f"generate: {exc}") from None
-    sys.stdout.write("".join(line + "\n" for line in outputs))
+    # a language model's text may hold line breaks, never a blank line (that ends a document): one separates outputs
+    separator = "\n\n" if trained.config.data.kind == "text" else "\n"
+    sys.stdout.write(separator.join(outputs) + "\n")
 
 
 def _at_least(command: str, option: str, value: int | None, minimum: int) -> None:
@@ -177,7 +203,8 @@ def evaluate(
     max_examples: Annotated[int | None, typer.Option(help="Evaluate only the first N pairs of the split.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
 ) -> None:
-    """Loss, perplexity, BLEU, chrF and generalization gap on a split; written to RUN/eval.json."""
+    """Loss, perplexity, BLEU and chrF (a language model: bits per character) and the generalization gap on a
+    split; written to RUN/eval.json."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -186,15 +213,22 @@ def evaluate(
     _at_least("evaluate", "--beam", beam, 1)
     _at_least("evaluate", "--max-examples", max_examples, 1)
     result = evaluate_run(run, split, beam, checkpoint, max_examples, device)
-    table = Table(title=escape(f"{run} — {split} ({result['examples']} pairs, {checkpoint} checkpoint, "
-                               f"beam {result['beam']})"))  # a path is text, not rich markup
-    for key in ("loss", "ppl", "bleu", "chrf", "train_loss", "gap"):
-        table.add_column(key, justify="right")
-    table.add_row(*(f"{result[key]:.4f}" if key in ("loss", "train_loss", "gap") else f"{result[key]:.2f}"
-                    for key in ("loss", "ppl", "bleu", "chrf", "train_loss", "gap")))
     console = make_console()
+    if "bits_per_character" in result:  # a language model
+        title = (f"{run} — {split} ({result['documents']} documents, {result['tokens']:,} tokens, "
+                 f"{result['characters']:,} characters, {checkpoint} checkpoint)")
+        keys = ("loss", "ppl", "bits_per_character", "train_loss", "gap")
+    else:
+        title = f"{run} — {split} ({result['examples']} pairs, {checkpoint} checkpoint, beam {result['beam']})"
+        keys = ("loss", "ppl", "bleu", "chrf", "train_loss", "gap")
+    table = Table(title=escape(title))  # a path is text, not rich markup
+    for key in keys:
+        table.add_column("bpc" if key == "bits_per_character" else key, justify="right")
+    table.add_row(*(f"{result[key]:.4f}" if key in ("loss", "train_loss", "gap", "bits_per_character")
+                    else f"{result[key]:.2f}" for key in keys))
     console.print(table)
-    console.print(f"BLEU signature: {result['bleu_signature']}\nchrF signature: {result['chrf_signature']}")
+    if "bleu_signature" in result:
+        console.print(f"BLEU signature: {result['bleu_signature']}\nchrF signature: {result['chrf_signature']}")
 
 
 @app.command()

@@ -41,9 +41,15 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    """Where the pairs come from and which ones are kept."""
+    """Where the pairs (or, for a language model, the documents) come from and which ones are kept."""
 
-    name: str = Field("bible-en-es", description="builtin dataset name or a TSV/JSONL file path")
+    name: str = Field("bible-en-es", description="builtin dataset name, or a TSV/JSONL pair file, or (model.arch="
+                                                "decoder) a .txt/.txt.gz/.txt.xz or JSONL {\"text\": ...} file")
+    kind: Literal["pairs", "text"] | None = Field(
+        None, description="pairs (source/target examples) or text (documents for a language model); default: "
+                          "text for model.arch=decoder, pairs otherwise")
+    block_size: int = Field(128, ge=2, le=1_000_000, description="tokens per training block of a language model "
+                                                                 "(model.arch=decoder)")
     valid_file: str | None = Field(None, description="separate validation file (then `name` is the train file)")
     test_file: str | None = Field(None, description="separate test file")
     format: Literal["auto", "tsv", "jsonl"] = "auto"
@@ -145,7 +151,35 @@ class RNNConfig(ModelSection):
     attention: Literal["dot", "general", "additive", "none"] = "general"
 
 
-class TransformerConfig(ModelSection):
+class AttentionStackConfig(ModelSection):
+    """What both Transformers have (models/attention.py): width, heads, MLP, norm, positions, bias, dropout.
+
+    Not a member of `ModelConfig` itself: `TransformerConfig` and `DecoderConfig` are.
+    """
+
+    d_model: int = Field(256, ge=8)
+    heads: int = Field(4, ge=1)
+    ffn: int = Field(1024, ge=1, description="hidden width of each block's MLP")
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    positions: Literal["learned", "rotary"] = "learned"
+    max_positions: int = Field(1024, ge=1, description="longest sequence with learned positions")
+    bias: bool = Field(True, description="biases in every Linear and LayerNorm")
+    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_the_width(self) -> AttentionStackConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"model.d_model={self.d_model} must be a multiple of model.heads={self.heads}")
+        if self.positions == "rotary" and (self.d_model // self.heads) % 2:
+            raise ValueError(f"model.positions=rotary needs an even head width (d_model / heads = "
+                             f"{self.d_model // self.heads})")
+        if self.output != "full":
+            raise ValueError(f"model.output=adaptive is the RNN's; model.arch={self.arch} has the full softmax "
+                             "(use full)")
+        return self
+
+
+class TransformerConfig(AttentionStackConfig):
     """The pre-norm Transformer encoder-decoder (models/transformer.py); `preset` fills sizes not given explicitly."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -159,27 +193,25 @@ class TransformerConfig(ModelSection):
 
     arch: Literal["transformer"] = "transformer"
     preset: Literal["tiny", "small", "base"] | None = None
-    d_model: int = Field(256, ge=8)
-    heads: int = Field(4, ge=1)
     encoder_layers: int = Field(3, ge=1, le=48)
     decoder_layers: int = Field(3, ge=1, le=48)
-    ffn: int = Field(1024, ge=1, description="hidden width of each block's MLP")
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    positions: Literal["learned", "rotary"] = "learned"
-    max_positions: int = Field(1024, ge=1, description="longest sequence with learned positions")
-    bias: bool = Field(True, description="biases in every Linear and LayerNorm")
-    attention_dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
-    @model_validator(mode="after")
-    def _heads_divide_the_width(self) -> TransformerConfig:
-        if self.d_model % self.heads:
-            raise ValueError(f"model.d_model={self.d_model} must be a multiple of model.heads={self.heads}")
-        if self.positions == "rotary" and (self.d_model // self.heads) % 2:
-            raise ValueError(f"model.positions=rotary needs an even head width (d_model / heads = "
-                             f"{self.d_model // self.heads})")
-        if self.output != "full":
-            raise ValueError("model.output=adaptive is the RNN's; the transformer has the full softmax (use full)")
-        return self
+
+class DecoderConfig(AttentionStackConfig):
+    """The decoder-only causal language model (models/decoder.py, GPT-2's shape); `preset` fills sizes."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # For tests: trains in seconds on the fixture.
+        "tiny": {"d_model": 64, "heads": 4, "layers": 2, "ffn": 256},
+        # Sized for a 2-core CPU: nanoGPT's Shakespeare-on-a-laptop scale.
+        "small": {"d_model": 192, "heads": 6, "layers": 4, "ffn": 768},
+        # GPT-2 small's width and depth (124M with its 50k vocabulary): a GPU size.
+        "base": {"d_model": 768, "heads": 12, "layers": 12, "ffn": 3072},
+    }
+
+    arch: Literal["decoder"] = "decoder"
+    preset: Literal["tiny", "small", "base"] | None = None
+    layers: int = Field(4, ge=1, le=96)
 
 
 def _model_arch(value: Any) -> Any:
@@ -195,6 +227,7 @@ ModelConfig = Annotated[
     Union[  # noqa: UP007 (one member per line: a new architecture adds one)
         Annotated[RNNConfig, Tag("rnn")],
         Annotated[TransformerConfig, Tag("transformer")],
+        Annotated[DecoderConfig, Tag("decoder")],
     ],
     Discriminator(_model_arch),
 ]
@@ -286,6 +319,23 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+    @model_validator(mode="after")
+    def _data_kind_fits_the_model(self) -> Config:
+        wanted = "text" if self.model.arch == "decoder" else "pairs"
+        if self.data.kind is None:
+            self.data.kind = wanted
+        elif self.data.kind != wanted:
+            raise ValueError(f"data.kind={self.data.kind} does not fit model.arch={self.model.arch}: a decoder-only "
+                             "language model (decoder) trains on text, the encoder-decoders (rnn, transformer) on "
+                             "pairs")
+        if wanted == "text":
+            if self.model.positions == "learned" and self.data.block_size > self.model.max_positions:
+                raise ValueError(f"data.block_size={self.data.block_size} is longer than model.max_positions="
+                                 f"{self.model.max_positions} (raise it, or use model.positions=rotary)")
+            if self.train.bleu_examples:
+                raise ValueError("train.bleu_examples decodes translations of pairs; a language model has none (use 0)")
+        return self
 
     @model_validator(mode="after")
     def _adaptive_output_without_label_smoothing(self) -> Config:

@@ -97,10 +97,17 @@ class EncodedPairs:
     def __len__(self) -> int:
         return len(self.sources)
 
+    def groups(self, batch_tokens: int, max_batch_size: int, seed: int, shuffle: bool = True) -> list[list[int]]:
+        """Example indices per batch of one epoch: length-bucketed (`bucket_batches`), the order fixed by `seed`."""
+        return bucket_batches(self.lengths, batch_tokens, max_batch_size, seed, shuffle)
+
+    def batch(self, indices: list[int]) -> Batch:
+        """The examples at `indices` as one padded Batch."""
+        return collate([self.sources[i] for i in indices], [self.targets[i] for i in indices])
+
     def batches(self, batch_tokens: int, max_batch_size: int, seed: int, shuffle: bool = True) -> list[Batch]:
         """This split's batches for one epoch (the order depends only on `seed`)."""
-        groups = bucket_batches(self.lengths, batch_tokens, max_batch_size, seed, shuffle)
-        return [collate([self.sources[i] for i in g], [self.targets[i] for i in g]) for g in groups]
+        return [self.batch(g) for g in self.groups(batch_tokens, max_batch_size, seed, shuffle)]
 
     def subset(self, indices: list[int]) -> EncodedPairs:
         """The examples at `indices`, e.g. one cross-validation fold."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from decaylab.config import DataConfig
 from decaylab.data.builtin import builtin_datasets, load_builtin
 from decaylab.data.io import Pair, read_pairs
+from decaylab.data.text import read_documents
 from decaylab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,36 @@ def _cap(pairs: list[Pair], limit: int | None, salt: str) -> list[Pair]:
     return [p for p in pairs if id(p) in keys]
 
 
+def documents_as_pairs(documents: list[str]) -> list[Pair]:
+    """A language model's documents in the pair shape every split, fold and cap works on: no source, the text as
+    target, keyed by the text (so identical documents always share a split)."""
+    return [Pair("", text, text) for text in documents]
+
+
+def _load_text(cfg: DataConfig) -> tuple[list[Pair], list[Pair], list[Pair], str]:
+    """The documents of `data.name` (a builtin text corpus or a file) split by hash, or the three given files."""
+    def read(name: str) -> list[Pair]:
+        return documents_as_pairs(read_documents(Path(name), cfg.max_line_chars))
+
+    if cfg.valid_file or cfg.test_file:
+        if not (cfg.valid_file and cfg.test_file):
+            raise UserError("data.valid_file and data.test_file: give both, or neither (then the file is split)")
+        return (read(cfg.name), read(cfg.valid_file), read(cfg.test_file),
+                f"files {cfg.name}, {cfg.valid_file}, {cfg.test_file}")
+    builtin = builtin_datasets().get(cfg.name)
+    if builtin is not None:
+        from decaylab.data.builtin import load_builtin_documents
+
+        pairs, origin = documents_as_pairs(load_builtin_documents(cfg.name)), f"builtin {cfg.name}"
+    else:
+        pairs, origin = read(cfg.name), f"file {cfg.name}"
+    return (*split_pairs(pairs, cfg.split), origin)
+
+
 def load_splits(cfg: DataConfig) -> Splits:
     """Resolve `data.name` (builtin or file), filter by length, split and cap each split."""
+    if cfg.kind == "text" or (cfg.kind is None and _builtin_kind(cfg.name) == "text"):
+        return _finish(*_load_text(cfg), cfg, text=True)
     read = {"fmt": cfg.format, "max_line_chars": cfg.max_line_chars, "on_bad_line": cfg.on_bad_line}
     if cfg.valid_file or cfg.test_file:
         if not (cfg.valid_file and cfg.test_file):
@@ -99,16 +128,30 @@ def load_splits(cfg: DataConfig) -> Splits:
             known = ", ".join(sorted(builtin_datasets())) or "(none installed)"
             raise UserError(f"data.name: {cfg.name!r} is neither a builtin dataset ({known}) nor a file")
         train, valid, test = split_pairs(pairs, cfg.split)
-    before = len(train) + len(valid) + len(test)
-    train, valid, test = ([p for p in part if _keep(p, cfg)] for part in (train, valid, test))
-    dropped = before - len(train) - len(valid) - len(test)
-    if dropped:
-        log.info("length filter (data.min_words/max_words) dropped %d of %d pairs", dropped, before)
+    return _finish(train, valid, test, origin, cfg, text=False)
+
+
+def _builtin_kind(name: str) -> str:
+    """"text" or "pairs" for a builtin dataset; "pairs" for anything else (a file is read as pairs by default)."""
+    info = builtin_datasets().get(name)
+    return getattr(info, "kind", "pairs") if info is not None else "pairs"
+
+
+def _finish(train: list[Pair], valid: list[Pair], test: list[Pair], origin: str, cfg: DataConfig,
+            text: bool) -> Splits:
+    """Length-filter the pairs (not documents), cap each split, and refuse an empty training or validation split."""
+    if not text:
+        before = len(train) + len(valid) + len(test)
+        train, valid, test = ([p for p in part if _keep(p, cfg)] for part in (train, valid, test))
+        dropped = before - len(train) - len(valid) - len(test)
+        if dropped:
+            log.info("length filter (data.min_words/max_words) dropped %d of %d pairs", dropped, before)
     train = _cap(train, cfg.max_examples, "cap-train")
     valid = _cap(valid, cfg.max_valid_examples, "cap-valid")
     test = _cap(test, cfg.max_test_examples, "cap-test")
+    unit = "documents" if text else "pairs"
     if not train:
         raise UserError(f"{origin}: the training split is empty after filtering (check data.min_words/max_words)")
     if not valid:
-        raise UserError(f"{origin}: the validation split is empty; give more pairs or a larger data.split share")
+        raise UserError(f"{origin}: the validation split is empty; give more {unit} or a larger data.split share")
     return Splits(train, valid, test, origin)

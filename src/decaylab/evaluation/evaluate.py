@@ -1,18 +1,20 @@
-"""`decaylab evaluate`: a trained run's loss, perplexity, BLEU, chrF and generalization gap on a split."""
+"""`decaylab evaluate`: a trained run's loss, perplexity, BLEU and chrF (pairs) or bits per character (a language
+model's text), and the generalization gap, on a split."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from decaylab.data.prepare import encode_pairs, eval_subset
-from decaylab.data.splits import load_splits
+from decaylab.data.io import Pair
+from decaylab.data.prepare import encode_pairs, encode_split, eval_subset
+from decaylab.data.splits import Splits, load_splits
 from decaylab.errors import DamagedFile, UserError
-from decaylab.evaluation.metrics import corpus_loss, perplexity, text_metrics
+from decaylab.evaluation.metrics import bits_per_character, corpus_loss, perplexity, text_metrics
 from decaylab.files import atomic_write_json, read_json_object
 from decaylab.generation import translate
 from decaylab.generation.limits import input_token_limit
-from decaylab.runfolder.load import load_trained
+from decaylab.runfolder.load import TrainedRun, load_trained
 
 SPLITS = ("train", "valid", "test")
 
@@ -39,6 +41,13 @@ def evaluate_run(run_dir: Path, split: str = "test", beam: int | None = None, ch
     if not pairs:
         raise UserError(f"{run.config.data.name}: the {split} split is empty")
     precision = run.config.train.precision
+    if run.config.data.kind == "text":
+        result = _language_model(run, splits, pairs, precision)
+        result.update({"split": split, "checkpoint": checkpoint, "data_fingerprint": splits.fingerprint,
+                       "fingerprint_matches_training": recorded == splits.fingerprint if recorded else None})
+        existing[split] = result
+        atomic_write_json(run.paths.eval, existing)
+        return result
     loss = corpus_loss(run.model, encode_pairs(run.tokenizer, pairs), run.device, precision=precision)
     train_pairs = [splits.train[i] for i in eval_subset(len(splits.train), len(pairs), run.config.order_seed)]
     train_loss = corpus_loss(run.model, encode_pairs(run.tokenizer, train_pairs), run.device, precision=precision)
@@ -62,3 +71,22 @@ def evaluate_run(run_dir: Path, split: str = "test", beam: int | None = None, ch
     existing[split] = result
     atomic_write_json(run.paths.eval, existing)
     return result
+
+
+def _language_model(run: TrainedRun, splits: Splits, documents: list[Pair], precision: str) -> dict[str, Any]:
+    """A language model on a split's documents: loss, perplexity and bits per character, and the gap to an
+    equally sized sample of training documents."""
+    config = run.config
+    data = encode_split(config, run.tokenizer, documents)
+    loss = corpus_loss(run.model, data, run.device, precision=precision)
+    sample = [splits.train[i] for i in eval_subset(len(splits.train), len(documents), config.order_seed)]
+    train = encode_split(config, run.tokenizer, sample)
+    train_loss = corpus_loss(run.model, train, run.device, precision=precision)
+    return {
+        "documents": len(documents), "tokens": data.tokens, "characters": data.characters,
+        "loss": loss, "ppl": perplexity(loss), "bits_per_character": bits_per_character(loss, data.tokens,
+                                                                                          data.characters),
+        "train_loss": train_loss, "gap": loss - train_loss,
+        "train_bits_per_character": bits_per_character(train_loss, train.tokens, train.characters),
+        "block_size": config.data.block_size,
+    }

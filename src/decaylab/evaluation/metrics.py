@@ -10,18 +10,18 @@ import torch
 from sacrebleu.metrics import BLEU, CHRF
 from torch import nn
 
-from decaylab.data.batching import EncodedPairs
+from decaylab.data.prepare import Encoded
 from decaylab.device import autocast
 
 
 @torch.inference_mode()
-def corpus_loss(model: nn.Module, data: EncodedPairs, device: torch.device, batch_tokens: int = 8192,
+def corpus_loss(model: nn.Module, data: Encoded, device: torch.device, batch_tokens: int = 8192,
                 precision: str = "fp32") -> float:
     """Mean cross-entropy in nats per target token (EOS included) over a split, in eval mode."""
     return float(corpus_losses(model, data, device, batch_tokens, precision))
 
 
-def corpus_losses(model: Callable[..., torch.Tensor], data: EncodedPairs, device: torch.device,
+def corpus_losses(model: Callable[..., torch.Tensor], data: Encoded, device: torch.device,
                   batch_tokens: int = 8192, precision: str = "fp32") -> torch.Tensor:
     """`corpus_loss` of a model whose forward returns a loss sum per replica: a float64 tensor [K] (or [])."""
     was_training = model.training
@@ -38,6 +38,12 @@ def corpus_losses(model: Callable[..., torch.Tensor], data: EncodedPairs, device
     finally:
         model.train(was_training)
     return total.cpu() / max(1, tokens)
+
+
+def bits_per_character(loss: float, tokens: int, characters: int) -> float:
+    """Bits per character of a text whose `tokens` target tokens scored `loss` nats each: comparable across
+    tokenizers, since it divides the text's total information by its length in characters, not in tokens."""
+    return loss * tokens / (math.log(2) * characters)
 
 
 def perplexity(loss: float) -> float:

@@ -4,6 +4,7 @@ from torch import nn
 
 from decaylab.config import ModelConfig
 from decaylab.models.contract import Seq2SeqModel
+from decaylab.models.decoder import DecoderLM
 from decaylab.models.rnn import Seq2Seq, count_parameters
 from decaylab.models.transformer import Transformer
 
@@ -11,6 +12,7 @@ from decaylab.models.transformer import Transformer
 MODELS: dict[str, type[nn.Module]] = {
     "rnn": Seq2Seq,
     "transformer": Transformer,
+    "decoder": DecoderLM,
 }
 
 
@@ -19,4 +21,4 @@ def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
     return MODELS[cfg.arch](cfg, vocab_size)
 
 
-__all__ = ["MODELS", "Seq2Seq", "Seq2SeqModel", "Transformer", "build_model", "count_parameters"]
+__all__ = ["MODELS", "DecoderLM", "Seq2Seq", "Seq2SeqModel", "Transformer", "build_model", "count_parameters"]

@@ -17,16 +17,15 @@ Decoding state: `Memory` holds each decoder layer's cross-attention keys and val
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from decaylab.config import TransformerConfig
 from decaylab.data.batching import Batch
 from decaylab.data.tokenizer import PAD_ID
+from decaylab.models.attention import MLP, Attention, Rotary, init_gpt2, make_norm
 from decaylab.models.fused_loss import linear_cross_entropy
 
 
@@ -58,85 +57,13 @@ class State:
                      self.position)
 
 
-def _norm(cfg: TransformerConfig) -> nn.Module:
-    if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(cfg.d_model, eps=1e-6)
-    return nn.LayerNorm(cfg.d_model, bias=cfg.bias)
-
-
-class Rotary(nn.Module):
-    """Rotary position embedding of queries and keys [N, H, T, Dh] at positions offset..offset+T-1."""
-
-    def __init__(self, head_dim: int, base: float = 10_000.0):
-        super().__init__()
-        inverse = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inverse", inverse, persistent=False)
-
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """x rotated pairwise (first half with second half of the head dimension) by its position's angles."""
-        positions = torch.arange(offset, offset + x.size(-2), device=x.device, dtype=torch.float32)
-        angles = torch.outer(positions, self.inverse)  # [T, Dh/2]
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        first, second = x.chunk(2, dim=-1)
-        return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
-
-
-class Attention(nn.Module):
-    """Multi-head attention through `F.scaled_dot_product_attention`; `rotary` for self-attention only."""
-
-    def __init__(self, cfg: TransformerConfig, rotary: Rotary | None):
-        super().__init__()
-        self.heads, self.head_dim = cfg.heads, cfg.d_model // cfg.heads
-        self.query = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.key = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.value = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.out.residual = True  # scaled at initialisation
-        self.dropout = cfg.attention_dropout
-        self.rotary = rotary
-
-    def split(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, T, D] -> [N, H, T, Dh]."""
-        return x.view(x.size(0), x.size(1), self.heads, self.head_dim).transpose(1, 2)
-
-    def project_kv(self, x: torch.Tensor, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys (rotated when rotary) and values of `x` [N, T, D] at positions from `offset`."""
-        keys = self.split(self.key(x))
-        if self.rotary is not None:
-            keys = self.rotary(keys, offset)
-        return keys, self.split(self.value(x))
-
-    def attend(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
-               causal: bool, offset: int = 0) -> torch.Tensor:
-        """Queries from `x` [N, T, D] at positions from `offset` over `keys`/`values`; `mask` [N, 1, 1|T, S]."""
-        queries = self.split(self.query(x))
-        if self.rotary is not None:
-            queries = self.rotary(queries, offset)
-        context = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, is_causal=causal,
-                                                 dropout_p=self.dropout if self.training else 0.0)
-        return self.out(context.transpose(1, 2).reshape(x.size(0), x.size(1), -1))
-
-
-class MLP(nn.Module):
-    """Linear -> GELU -> Linear (the second writes into the residual stream)."""
-
-    def __init__(self, cfg: TransformerConfig):
-        super().__init__()
-        self.up = nn.Linear(cfg.d_model, cfg.ffn, bias=cfg.bias)
-        self.down = nn.Linear(cfg.ffn, cfg.d_model, bias=cfg.bias)
-        self.down.residual = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.gelu(self.up(x)))
-
-
 class EncoderLayer(nn.Module):
     """Pre-norm self-attention and MLP blocks."""
 
     def __init__(self, cfg: TransformerConfig, rotary: Rotary | None):
         super().__init__()
-        self.attention_norm, self.attention = _norm(cfg), Attention(cfg, rotary)
-        self.mlp_norm, self.mlp = _norm(cfg), MLP(cfg)
+        self.attention_norm, self.attention = make_norm(cfg), Attention(cfg, rotary)
+        self.mlp_norm, self.mlp = make_norm(cfg), MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -151,9 +78,9 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, cfg: TransformerConfig, rotary: Rotary | None):
         super().__init__()
-        self.self_norm, self.self_attention = _norm(cfg), Attention(cfg, rotary)
-        self.cross_norm, self.cross_attention = _norm(cfg), Attention(cfg, None)
-        self.mlp_norm, self.mlp = _norm(cfg), MLP(cfg)
+        self.self_norm, self.self_attention = make_norm(cfg), Attention(cfg, rotary)
+        self.cross_norm, self.cross_attention = make_norm(cfg), Attention(cfg, None)
+        self.mlp_norm, self.mlp = make_norm(cfg), MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cross: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
@@ -185,9 +112,9 @@ class Transformer(nn.Module):
             self.tgt_positions = nn.Embedding(cfg.max_positions, cfg.d_model)
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg, rotary) for _ in range(cfg.encoder_layers))
-        self.encoder_norm = _norm(cfg)
+        self.encoder_norm = make_norm(cfg)
         self.decoder = nn.ModuleList(DecoderLayer(cfg, rotary) for _ in range(cfg.decoder_layers))
-        self.decoder_norm = _norm(cfg)
+        self.decoder_norm = make_norm(cfg)
         self.output = nn.Linear(cfg.d_model, vocab_size, bias=cfg.bias and not cfg.tie_embeddings)
         self._initialise()
         if cfg.tie_embeddings:
@@ -195,14 +122,8 @@ class Transformer(nn.Module):
 
     def _initialise(self) -> None:
         """GPT-2's: N(0, 0.02), zero biases, residual projections / √(residual branches of their stack)."""
-        stacks = ((self.encoder, 2 * self.cfg.encoder_layers), (self.decoder, 3 * self.cfg.decoder_layers))
-        for stack, branches in stacks:
-            for module in stack.modules():
-                if isinstance(module, nn.Linear):
-                    std = 0.02 / math.sqrt(branches) if getattr(module, "residual", False) else 0.02
-                    nn.init.normal_(module.weight, std=std)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
+        init_gpt2(self.encoder, 2 * self.cfg.encoder_layers)
+        init_gpt2(self.decoder, 3 * self.cfg.decoder_layers)
         for embedding in [self.embed] + ([self.src_positions, self.tgt_positions]
                                          if self.cfg.positions == "learned" else []):
             nn.init.normal_(embedding.weight, std=0.02)

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import torch
 
 from decaylab.config import Config
-from decaylab.data.batching import Batch, EncodedPairs, collate
-from decaylab.data.prepare import epoch_groups
+from decaylab.data.batching import Batch
+from decaylab.data.prepare import Encoded, epoch_groups
 from decaylab.errors import UserError, WriteError
 from decaylab.files import atomic_write_jsonl
 from decaylab.runfolder.checkpoint import intact_checkpoints
@@ -94,7 +94,7 @@ class Engine(Protocol):
 
     config: Config  # the settings every run of the engine shares (data, batches, schedule, train section)
     device: torch.device
-    train_data: EncodedPairs
+    train_data: Encoded
     total_steps: int
     active: list[RunState]  # the runs still training, in the engine's order
     # True for an engine of one run (the Trainer): it reports the detailed evaluation line and raises its own
@@ -168,8 +168,7 @@ class TrainingLoop:
             groups = epoch_groups(engine.config, engine.train_data, epoch)
             data = engine.train_data
             for index in range(batch_index, len(groups)):
-                batch = collate([data.sources[i] for i in groups[index]],
-                                [data.targets[i] for i in groups[index]]).to(engine.device)
+                batch = data.batch(groups[index]).to(engine.device)
                 runs = list(engine.active)
                 losses = engine.train_step(batch)
                 if pending is not None:
