@@ -19,6 +19,16 @@ from decaylab.runfolder.load import TrainedRun, load_trained
 SPLITS = ("train", "valid", "test")
 
 
+def result_line(result: dict[str, Any]) -> str:
+    """An `evaluate_run` result in a line: loss and perplexity, then BLEU and chrF (pairs) or bits per character."""
+    text = f"loss {result['loss']:.4f}, ppl {result['ppl']:.2f}"
+    if "bits_per_character" in result:
+        text += f", {result['bits_per_character']:.4f} bits per character"
+    else:
+        text += f", BLEU {result['bleu']:.2f}, chrF {result['chrf']:.2f}"
+    return text + f", gap {result['gap']:+.4f}"
+
+
 def evaluate_run(run_dir: Path, split: str = "test", beam: int | None = None, checkpoint: str = "best",
                  max_examples: int | None = None, device: str | None = None) -> dict[str, Any]:
     """Evaluate one split of a run and merge the result into the run's eval.json (keyed by split)."""

@@ -128,8 +128,8 @@ def sweep_verdict(sweep: SweepData, test: dict[str, Any] | None, sample_chrf: li
         facts.append(Fact("λ within 1 SE of the best", ", ".join(fmt_lambda(v) for v in lams),
                           "all of these are statistically indistinguishable from the best"))
     if test:
-        shown = [f"{key} {fmt(test[key], 2 if key in ('bleu', 'chrf', 'ppl') else 4)}"
-                 for key in ("loss", "ppl", "bleu", "chrf") if finite(test.get(key))]
+        shown = [f"{key.replace('_', ' ')} {fmt(test[key], 2 if key in ('bleu', 'chrf', 'ppl') else 4)}"
+                 for key in ("loss", "ppl", "bits_per_character", "bleu", "chrf") if finite(test.get(key))]
         if shown:
             facts.append(Fact("final model on the test split", ", ".join(shown), "retrained with the chosen λ, "
                               "evaluated once"))

@@ -22,7 +22,7 @@ def _complete(run: Path) -> bool:
 def run_final(store: SweepStore, ctx: TrialContext, shared: Shared, point: Point, reuse: str | None,
               say) -> dict[str, Any]:
     """Make `final/` (copy of trial `reuse` if given, else a fresh run) and evaluate it on the test split once."""
-    from decaylab.evaluation.evaluate import evaluate_run
+    from decaylab.evaluation.evaluate import evaluate_run, result_line
     from decaylab.training import Trainer
 
     final = store.final
@@ -52,8 +52,7 @@ def run_final(store: SweepStore, ctx: TrialContext, shared: Shared, point: Point
         return {**_describe(final, reuse, None, store), "train_wall_s": wall_s}
     with FolderLock(final):  # the sweep's owner owns its final model too (the Trainer held it while training)
         test = evaluate_run(final, "test")
-    say(f"final: test loss {test['loss']:.4f} (ppl {test['ppl']:.2f}), BLEU {test['bleu']:.2f}, "
-        f"chrF {test['chrf']:.2f}")
+    say(f"final: test {result_line(test)}")
     return {**_describe(final, reuse, test, store), "train_wall_s": wall_s}
 
 

@@ -42,6 +42,7 @@ def render_table(summary: dict[str, Any], title: str) -> None:
                       f"{halving['estimated_saved_s']:.0f} s saved", highlight=False)
     final = summary.get("final")
     if final and final.get("test"):
+        from decaylab.evaluation.evaluate import result_line
+
         test = final["test"]
-        console.print(f"final model {final['run']}: test loss {test['loss']:.4f}, ppl {test['ppl']:.2f}, "
-                      f"BLEU {test['bleu']:.2f}, chrF {test['chrf']:.2f}, gap {test['gap']:+.4f}", highlight=False)
+        console.print(f"final model {final['run']}: test {result_line(test)}", highlight=False)
