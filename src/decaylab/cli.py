@@ -265,37 +265,52 @@ def _regularization(factory, cfg):
 
 @data_app.command("list")
 def data_list() -> None:
-    """Builtin datasets: name, pairs, languages, licence."""
+    """Builtin datasets: name, kind (pairs or text), size, languages, contents, licence."""
     from rich.table import Table
 
     from decaylab.data.builtin import builtin_datasets
 
     table = Table(title="builtin datasets")
-    for column in ("name", "pairs", "source → target", "licence"):
+    for column in ("name", "kind", "size", "language", "contents", "licence"):
         table.add_column(column)
-    for info in builtin_datasets().values():
-        table.add_row(info.name, str(info.pairs), f"{info.source_name} → {info.target_name}", info.licence)
+    for info in sorted(builtin_datasets().values(), key=lambda info: (info.kind, info.name)):
+        if info.kind == "text":
+            table.add_row(info.name, info.kind, info.size, str(info.language), info.description, info.licence)
+        else:
+            table.add_row(info.name, info.kind, info.size, f"{info.source_lang} → {info.target_lang}",
+                          f"{info.source_name} → {info.target_name}", info.licence)
     make_console().print(table)
 
 
 @data_app.command("show")
 def data_show(
     name: Annotated[str, typer.Argument(help="Builtin dataset name or a file.")],
-    split: Annotated[str, typer.Option(help="train, valid or test.")] = "train",
-    n: Annotated[int, typer.Option("-n", help="How many pairs to show.")] = 5,
+    split: Annotated[str | None, typer.Option(help="train, valid or test (pair datasets; default train).")] = None,
+    n: Annotated[int, typer.Option("-n", help="How many pairs or documents to show.")] = 5,
 ) -> None:
-    """Split sizes and the first pairs of a split."""
+    """Split sizes and the first pairs of a split; for a text corpus, its size and first documents."""
 
     from rich.markup import escape
 
     from decaylab.config import DataConfig
+    from decaylab.data.builtin import builtin_datasets, load_builtin_documents
     from decaylab.data.splits import load_splits
 
-    splits = load_splits(DataConfig(name=name))
     console = make_console()
+    info = builtin_datasets().get(name)
+    if info is not None and info.kind == "text":
+        if split is not None:
+            raise UserError(f"--split: {name} is a text corpus; its splits are made when a model trains on it")
+        documents = load_builtin_documents(name)
+        console.print(f"builtin {name}: text, {info.size}, {info.language}, {info.licence}", markup=False,
+                      highlight=False)
+        for document in documents[:n]:  # the data's own text is never read as rich markup
+            console.print(document + "\n", markup=False, highlight=False)
+        return
+    splits = load_splits(DataConfig(name=name))
     console.print(f"{splits.origin}: {splits.sizes()}  fingerprint {splits.fingerprint[:16]}", markup=False,
                   highlight=False)
-    for pair in getattr(splits, _check_split(split))[:n]:  # the data's own text is never read as rich markup
+    for pair in getattr(splits, _check_split(split or "train"))[:n]:
         console.print(f"[bold]src[/bold] {escape(pair.source)}\n[bold]tgt[/bold] {escape(pair.target)}\n",
                       markup=True, highlight=False)
 
@@ -309,15 +324,23 @@ def _check_split(split: str) -> str:
 @data_app.command("export")
 def data_export(
     name: Annotated[str, typer.Argument(help="Builtin dataset name.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="TSV file to write.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write (TSV, or text for a corpus).")],
     split: Annotated[str | None, typer.Option(help="train, valid or test (default: all pairs).")] = None,
 ) -> None:
-    """Write a builtin dataset (or one split) as source<TAB>target TSV."""
+    """Write a builtin dataset (or one split) as source<TAB>target TSV, or a text corpus as plain text."""
     from decaylab.config import DataConfig
-    from decaylab.data.builtin import load_builtin
+    from decaylab.data.builtin import builtin_datasets, load_builtin, load_builtin_documents
     from decaylab.data.splits import load_splits
     from decaylab.files import atomic_write_text
 
+    info = builtin_datasets().get(name)
+    if info is not None and info.kind == "text":
+        if split is not None:
+            raise UserError(f"--split: {name} is a text corpus; its splits are made when a model trains on it")
+        documents = load_builtin_documents(name)
+        atomic_write_text(output, "\n\n".join(documents) + "\n")
+        typer.echo(f"wrote {len(documents)} documents to {output}")
+        return
     pairs = getattr(load_splits(DataConfig(name=name)), _check_split(split)) if split else load_builtin(name)
     atomic_write_text(output, "".join(f"{p.source}\t{p.target}\n" for p in pairs))
     typer.echo(f"wrote {len(pairs)} pairs to {output}")
