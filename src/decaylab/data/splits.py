@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from decaylab.config import DataConfig
-from decaylab.data.builtin import builtin_datasets, load_builtin
+from decaylab.data.builtin import builtin_datasets, load_builtin, load_builtin_documents
 from decaylab.data.io import Pair, read_pairs
 from decaylab.data.text import read_documents
 from decaylab.errors import UserError
@@ -99,8 +99,6 @@ def _load_text(cfg: DataConfig) -> tuple[list[Pair], list[Pair], list[Pair], str
                 f"files {cfg.name}, {cfg.valid_file}, {cfg.test_file}")
     builtin = builtin_datasets().get(cfg.name)
     if builtin is not None:
-        from decaylab.data.builtin import load_builtin_documents
-
         pairs, origin = documents_as_pairs(load_builtin_documents(cfg.name)), f"builtin {cfg.name}"
     else:
         pairs, origin = read(cfg.name), f"file {cfg.name}"
@@ -134,7 +132,7 @@ def load_splits(cfg: DataConfig) -> Splits:
 def _builtin_kind(name: str) -> str:
     """"text" or "pairs" for a builtin dataset; "pairs" for anything else (a file is read as pairs by default)."""
     info = builtin_datasets().get(name)
-    return getattr(info, "kind", "pairs") if info is not None else "pairs"
+    return info.kind if info is not None else "pairs"
 
 
 def _finish(train: list[Pair], valid: list[Pair], test: list[Pair], origin: str, cfg: DataConfig,
