@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # The CPU wheel of this release lies on the build machines' disk; GPU users install their torch first.
 TORCH_VERSION ?= 2.13.0
+TIMM_VERSION  ?= 1.0.31
 STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test test-all lint bench clean data
@@ -16,6 +17,10 @@ $(STAMP): pyproject.toml
 	@# Keep a torch the user already installed (e.g. a CUDA build); otherwise take the pinned CPU wheel.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# timm (tests/test_decay_sets.py compares the `timm` decay set with its param_groups_weight_decay) without its
+	@# dependencies: it requires torchvision, whose PyPI wheels for this torch are CUDA builds that fail to import
+	@# beside the CPU torch, and a newer torchvision would replace torch. The test runs timm's own source file.
+	$(BIN)/python -m pip install --quiet --no-deps "timm==$(TIMM_VERSION)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -86,6 +86,8 @@ def test_resume_of_finished_run_is_a_no_op(trained_run: Path) -> None:
         (["train", "--resume", "."], "not a decaylab run folder"),
         (["generate", "nowhere", "--input", "-"], "nowhere: run folder not found"),
         (["evaluate", ".", "--split", "dev"], "--split: must be one of"),
+        (["audit", "--compare", "hf,flax"], "error: --compare: unknown decay set 'flax'; allowed values are all, "
+                                            "no_bias_norm, matrices, matrices_no_embedding, hf, timm, nanogpt"),
     ],
 )
 def test_bad_input_is_one_line_with_exit_code_2(
@@ -177,3 +179,27 @@ def test_translate_cuts_long_sources_and_says_which(trained_run: Path) -> None:
     assert unlimited[0] == limited[0]  # a source within the limit is untouched
     with pytest.raises(ValueError, match="max_input_tokens"):
         translate(trained.model, trained.tokenizer, texts, max_input_tokens=1)
+
+
+def test_audit_compare_marks_where_the_decay_sets_disagree() -> None:
+    """`decaylab audit --compare hf,timm,nanogpt`: a column per set, ≠ on the rows where they differ, a summary."""
+    from typer.testing import CliRunner
+
+    from decaylab.cli import app
+
+    args = ["audit", "--set", "model.arch=transformer", "--set", "model.preset=tiny", "--set", "model.norm=rmsnorm",
+            "--set", "model.encoder_layers=1", "--set", "model.decoder_layers=1", "--vocab-size", "40",
+            "--compare", "hf,timm,nanogpt,olmo2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "decay sets compared on Transformer: hf, timm, nanogpt, olmo2" in out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.startswith("│ ")}
+    # the embeddings: decayed by hf, timm and nanoGPT, not by OLMo 2; the attention matrices: by all four
+    assert "≠" in rows["embed.weight"] and "olmo2: nn.Embedding weight" in rows["embed.weight"]
+    assert "≠" not in rows["encoder.0.attention.query.weight"]
+    assert "hf: name matches r'bias'" in rows["encoder.0.attention.query.bias"]
+    # 42 tensors in the one-layer model (RMSNorm has no bias); they differ on embeddings (3), Linear biases (16)
+    # and the RMSNorm gains (7)
+    assert "hf, timm, nanogpt, olmo2 disagree on 26 of 42 trainable tensors of Transformer" in out
+    assert "decay audit" not in out  # the comparison replaces the single-set audit

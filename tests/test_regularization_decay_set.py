@@ -44,6 +44,13 @@ EXPECTED = {
     "no_bias_norm": {"embed.weight", "proj.weight", "scale"},
     "matrices": {"embed.weight", "proj.weight"},
     "matrices_no_embedding": {"proj.weight"},
+    # other libraries' conventions (tests/test_decay_sets.py compares them with the libraries): transformers keeps
+    # out nn.LayerNorm and names with bias/norm, so "rms.weight" (a hand-written RMSNorm) stays in
+    "hf": {"embed.weight", "proj.weight", "rms.weight", "scale"},
+    "timm": {"embed.weight", "proj.weight"},
+    "nanogpt": {"embed.weight", "proj.weight"},
+    "olmo2": {"proj.weight", "proj.bias", "ln.weight", "ln.bias", "rms.weight", "scale"},
+    "keras": {"embed.weight", "proj.weight", "proj.bias", "ln.weight", "ln.bias", "rms.weight", "scale"},
 }
 
 

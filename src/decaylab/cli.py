@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from decaylab.errors import UserError
-from decaylab.regularization.rules import DECAY_SETS, MODES, RULES, SWEEPABLE
+from decaylab.regularization.rules import DECAY_SETS, MODES, RULES, SWEEPABLE, decay_set_names
 from decaylab.ui import console as make_console
 
 app = typer.Typer(
@@ -237,19 +237,35 @@ def audit(
     sets: SetOpt = None,
     mode: Annotated[str | None, typer.Option(help="Regularization mode.")] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay", "--lambda", help="λ.")] = None,
-    decay_set: Annotated[str | None, typer.Option(help="Decay set.")] = None,
+    decay_set: Annotated[str | None, typer.Option(help=", ".join(DECAY_SETS) + ".")] = None,
     vocab_size: Annotated[int | None, typer.Option(help="Vocabulary size to build the model with "
                                                    "(default: tokenizer.vocab_size).")] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(help="For the EMA timescale in epochs.")] = None,
+    compare: Annotated[str | None, typer.Option(
+        help="Comma-separated decay sets (e.g. hf,timm,nanogpt) to compare on this model instead: each one's "
+             "decision per parameter, rows where they disagree marked. Allowed: " + ", ".join(DECAY_SETS) + ".",
+    )] = None,
 ) -> None:
-    """Show which parameters are decayed, with what λ, and warn about known pitfalls."""
+    """Show which parameters are decayed, with what λ, and warn about known pitfalls (or compare decay sets)."""
+    try:  # checked before the model is built, so a typo costs nothing
+        compared = decay_set_names(compare) if compare is not None else None
+    except ValueError as exc:
+        raise UserError(f"--compare: {exc}") from None
+
     from decaylab.config import build_run_config
     from decaylab.models import build_model
-    from decaylab.regularization import Regularization
+    from decaylab.regularization import Regularization, compare_decay_sets
 
     cfg = build_run_config(config, sets, **{"regularization.mode": mode, "regularization.weight_decay": weight_decay,
                                             "regularization.decay_set": decay_set})
     model = build_model(cfg.model, vocab_size or cfg.tokenizer.vocab_size)
+    if compared is not None:
+        try:
+            comparison = compare_decay_sets(model, compared)
+        except ValueError as exc:  # e.g. a model whose no_weight_decay() returns something other than names
+            raise UserError(f"--compare: {exc}") from None
+        comparison.render(console=make_console())
+        return
     reg = _regularization(Regularization, cfg)
     report = reg.audit(model, optimizer_name=cfg.train.optimizer, lr=cfg.train.lr,
                        steps=cfg.train.max_steps, steps_per_epoch=steps_per_epoch)

@@ -11,10 +11,12 @@ from typing import Any
 
 _HOMES = {
     "AuditReport": "audit", "AuditRow": "audit", "print_audit": "audit",
+    "ComparisonRow": "audit", "DecaySetComparison": "audit", "compare_decay_sets": "audit",
     "Regularization": "core",
     "DecayPlan": "decay_set", "ParamInfo": "decay_set",
     "ReplicaDecay": "replicas", "UnsupportedRule": "replicas",
     "DECAY_MODES": "rules", "DECAY_SCALINGS": "rules", "DECAY_SETS": "rules", "MODES": "rules", "OPTIMIZERS": "rules",
+    "DECAY_SET_RULES": "rules", "DecaySet": "rules", "decay_set_names": "rules",
     "RULES": "rules", "SWEEPABLE": "rules", "Acts": "rules", "Rule": "rules", "get_rule": "rules",
     "SGDW": "decoupled_sgd", "sgdw": "decoupled_sgd",
 }

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .decay_set import DecayPlan, show_regex
-from .rules import RULES, Acts
+from torch import nn
+
+from .decay_set import DecayPlan, build_plan, show_regex
+from .rules import RULES, Acts, decay_set_names
 
 # Usual ranges of λ are each rule's `usual_range` (rules.py); outside them a value is more likely a units mistake
 # than a choice. coupled / l2: the penalty gradient λ·w competes with the loss gradient directly. decoupled + lr:
@@ -257,3 +260,106 @@ def _steps(x: float) -> str:
 
 def _names(names: list[str], k: int = 3) -> str:
     return ", ".join(names[:k]) + (f", ... ({len(names)} in all)" if len(names) > k else "")
+
+
+@dataclass
+class ComparisonRow:
+    """One unique parameter and each compared decay set's decision about it (with the reason)."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    trainable: bool
+    decayed: dict[str, bool]
+    reasons: dict[str, str]
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def disagree(self) -> bool:
+        """True when the compared sets do not all make the same decision."""
+        return len(set(self.decayed.values())) > 1
+
+
+@dataclass
+class DecaySetComparison:
+    """Several decay sets' decisions on one model, per parameter; render() prints it, to_dict() serialises it."""
+
+    model: str
+    sets: tuple[str, ...]
+    rows: list[ComparisonRow]
+
+    @property
+    def disagreements(self) -> list[ComparisonRow]:
+        """The rows where the compared sets disagree."""
+        return [r for r in self.rows if r.disagree]
+
+    def decayed_share(self, decay_set: str) -> float:
+        """The share of trainable parameters (by numel) that `decay_set` decays."""
+        trainable = sum(r.numel for r in self.rows if r.trainable)
+        return sum(r.numel for r in self.rows if r.decayed[decay_set]) / trainable if trainable else 0.0
+
+    def summary(self) -> str:
+        """One line: on how many tensors (and parameters) the sets disagree."""
+        rows, diff = [r for r in self.rows if r.trainable], self.disagreements
+        names = ", ".join(self.sets)
+        if not diff:
+            return f"{names} agree on all {len(rows)} trainable tensors of {self.model}"
+        return (f"{names} disagree on {len(diff)} of {len(rows)} trainable tensors of {self.model} "
+                f"({sum(r.numel for r in diff):,} of {sum(r.numel for r in rows):,} parameters)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form of the comparison."""
+        rows = [dict(asdict(r), shape=list(r.shape), aliases=list(r.aliases), disagree=r.disagree) for r in self.rows]
+        return {"model": self.model, "sets": list(self.sets), "rows": rows, "summary": self.summary(),
+                "decayed_share": {s: self.decayed_share(s) for s in self.sets}}
+
+    def render(self, console: Any = None) -> None:
+        """Print the comparison as a rich table (disagreeing rows marked), then the one-line summary."""
+        print_comparison(self, console)
+
+
+def compare_decay_sets(model: nn.Module, sets: str | Sequence[str]) -> DecaySetComparison:
+    """Each named decay set's decision for every unique parameter of `model` (the sets as defined: no exclude)."""
+    names = decay_set_names(sets if isinstance(sets, str) else tuple(sets))
+    plans = {s: build_plan(model, s) for s in names}
+    first = plans[names[0]].params
+    rows = [
+        ComparisonRow(
+            name=info.name,
+            shape=info.shape,
+            numel=info.numel,
+            trainable=info.trainable,
+            decayed={s: plans[s].params[k].decayed for s in names},
+            reasons={s: plans[s].params[k].reason for s in names},
+            aliases=info.aliases,
+        )
+        for k, info in enumerate(first)  # every plan lists model.named_parameters() in the same order
+    ]
+    return DecaySetComparison(type(model).__name__, names, rows)
+
+
+def print_comparison(comparison: DecaySetComparison, console: Any = None) -> None:
+    """Print `comparison` with rich: a column per set, `≠` and the sets' reasons on rows where they disagree."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"decay sets compared on {comparison.model}: {', '.join(comparison.sets)}",
+                  title_justify="left", show_footer=True)
+    # the names keep their width (a cut name hides which parameter it is); the reasons wrap instead
+    longest = max((len(r.name) for r in comparison.rows), default=9)
+    table.add_column("parameter", footer="decayed share", no_wrap=True, min_width=min(longest, 60))
+    table.add_column("shape")
+    for s in comparison.sets:
+        table.add_column(s, justify="center", footer=f"{100 * comparison.decayed_share(s):.1f}%")
+    table.add_column("differ", justify="center")
+    table.add_column("kept out by (where they differ)")
+    for r in comparison.rows:
+        # the exclusion is what explains a difference; "tied to" is the same for every set
+        why = "; ".join(f"{s}: {r.reasons[s].split('; tied to ')[0]}" for s in comparison.sets
+                        if not r.decayed[s]) if r.disagree else ""
+        table.add_row(r.name, "x".join(map(str, r.shape)) or "scalar",
+                      *("yes" if r.decayed[s] else "-" for s in comparison.sets),
+                      "≠" if r.disagree else "", why, style="bold" if r.disagree else None)
+    console.print(table)
+    console.print(comparison.summary())

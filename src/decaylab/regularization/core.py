@@ -160,6 +160,7 @@ class Regularization:
             allow_double=self.allow_double,
             lr=lr,
             kwargs=kwargs,
+            trainable={n: p for n, p in model.named_parameters() if p.requires_grad},
         )
 
     # -- training-step hooks -------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +28,10 @@ EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
 # A dotted name component that names a norm: "norm", "layer_norm", "input_layernorm", "norm1",
 # "ln", "ln_f", "ln_1", "ln2" (nanoGPT / GPT-2 / HF naming).
 _NORM_COMPONENT = re.compile(r"(?i)norm|^ln(_\w*|\d+|f)?$")
+
+# transformers' Trainer.get_decay_parameter_names (5.x): re.search on the lowercased name, as its get_parameter_names
+_HF_PATTERNS = tuple(re.compile(p) for p in (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)",
+                                                r"_norm(?:$|\.)"))
 
 
 @dataclass
@@ -92,6 +98,7 @@ def build_plan(
     frozen_hits: dict[tuple[str, str], list[str]] = {}
     mult_hits_decayed: set[str] = set()
 
+    decide = _decider(model, decay_set, owners)
     infos = []
     for name, p in model.named_parameters():
         names = aliases.get(id(p), [name])
@@ -115,7 +122,7 @@ def build_plan(
         matched.update(("exclude", pat) for pat in hits_ex)
         matched.update(("multipliers", pat) for pat, _ in hits_mult)
 
-        decayed, reason = _rule(decay_set, p, is_bias, is_norm, is_embedding)
+        decayed, reason = decide(_Seen(name, names, mods, p, is_bias, is_norm, is_embedding))
         multiplier = 1.0
         if not p.requires_grad:
             decayed, reason = False, "frozen (requires_grad=False)"
@@ -171,17 +178,117 @@ def show_regex(pattern: str) -> str:
     return f"r'{pattern}'" if "'" not in pattern else repr(pattern)
 
 
-def _rule(decay_set: str, p: torch.Tensor, is_bias: bool, is_norm: bool, is_embedding: bool) -> tuple[bool, str]:
-    """The decay_set rule alone: (in D, why)."""
-    kind = "norm" if is_norm else "bias" if is_bias else "embedding" if is_embedding else None
-    if decay_set == "all":
-        return True, kind or "weight"
-    if decay_set == "no_bias_norm":
-        if is_norm or is_bias:
-            return False, kind  # type: ignore[return-value]
-        return True, kind or "weight"
-    if p.ndim < 2:
-        return False, f"ndim {p.ndim} < 2" + (f" ({kind})" if kind else "")
-    if decay_set == "matrices_no_embedding" and is_embedding:
+@dataclass(frozen=True)
+class _Seen:
+    """What a decay set's rule may look at for one unique parameter."""
+
+    name: str  # the first name, as model.named_parameters() gives it (what every library iterates)
+    names: list[str]  # every name of the tensor (tied ones have several)
+    mods: list[nn.Module | None]  # each name's owning module
+    p: torch.Tensor
+    is_bias: bool
+    is_norm: bool
+    is_embedding: bool
+
+    @property
+    def kind(self) -> str | None:
+        return "norm" if self.is_norm else "bias" if self.is_bias else "embedding" if self.is_embedding else None
+
+
+Decide = Callable[[_Seen], tuple[bool, str]]
+
+
+def _decider(model: nn.Module, decay_set: str, owners: dict[str, nn.Module]) -> Decide:
+    """The decay set's rule, given what it needs of the whole model (the module tree, `no_weight_decay()`)."""
+    if decay_set == "hf":
+        return lambda s: _hf(s, owners)
+    if decay_set == "timm":
+        patterns = _no_weight_decay(model)
+        return lambda s: _timm(s, patterns)
+    rule = _RULES.get(decay_set)
+    if rule is None:
+        raise ValueError(f"decay_set {decay_set!r} has no rule in decay_set.py")
+    return rule
+
+
+def _all(s: _Seen) -> tuple[bool, str]:
+    return True, s.kind or "weight"
+
+
+def _no_bias_norm(s: _Seen) -> tuple[bool, str]:
+    if s.is_norm or s.is_bias:
+        return False, s.kind or ""
+    return True, s.kind or "weight"
+
+
+def _matrices(s: _Seen, embeddings: bool = True) -> tuple[bool, str]:
+    # nanoGPT's configure_optimizers: `p.dim() >= 2` decayed, the rest not (tied tensors once, by named_parameters)
+    if s.p.ndim < 2:
+        return False, f"ndim {s.p.ndim} < 2" + (f" ({s.kind})" if s.kind else "")
+    if not embeddings and s.is_embedding:
         return False, "embedding"
-    return True, kind or "matrix"
+    return True, s.kind or "matrix"
+
+
+def _hf(s: _Seen, owners: dict[str, nn.Module]) -> tuple[bool, str]:
+    # get_parameter_names(model, [nn.LayerNorm], patterns) drops a parameter when any module on its path below the
+    # root is an nn.LayerNorm (subclasses too; nn.RMSNorm is not one), or when a pattern matches its lowercased
+    # name; the Trainer then groups model.named_parameters() by `name in decay_parameters`: the first name only.
+    parts = s.name.split(".")
+    for i in range(1, len(parts)):
+        path = ".".join(parts[:i])
+        if isinstance(owners.get(path), nn.LayerNorm):
+            return False, "nn.LayerNorm parameter" if i == len(parts) - 1 else f"inside nn.LayerNorm {path!r}"
+    lowered = s.name.lower()
+    for rx in _HF_PATTERNS:
+        if rx.search(lowered):
+            return False, f"name matches {show_regex(rx.pattern)}"
+    return True, s.kind or "weight"
+
+
+def _no_weight_decay(model: nn.Module) -> frozenset[str]:
+    """The model's `no_weight_decay()` names or fnmatch patterns, collected as timm's optimizer factory does."""
+    hook = getattr(model, "no_weight_decay", None)
+    found = hook() if callable(hook) else set()
+    names = frozenset(found)
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise ValueError(f"{type(model).__name__}.no_weight_decay() must return parameter names or fnmatch "
+                         f"patterns (strings); got {bad[0]!r}")
+    return names
+
+
+def _timm(s: _Seen, patterns: frozenset[str]) -> tuple[bool, str]:
+    # param_groups_weight_decay(weight_decay_exclude_1d=True): `param.ndim <= 1 or name.endswith(".bias")`, or
+    # fnmatch against the no_weight_decay() list, on the names model.named_parameters() gives
+    if s.p.ndim <= 1:
+        return False, f"ndim {s.p.ndim} ≤ 1" + (f" ({s.kind})" if s.kind else "")
+    if s.name.endswith(".bias"):
+        return False, "name ends with .bias"
+    hit = next((pat for pat in sorted(patterns) if fnmatch.fnmatch(s.name, pat)), None)
+    if hit is not None:
+        return False, f"no_weight_decay() pattern {hit!r}"
+    return True, s.kind or "matrix"
+
+
+def _olmo2(s: _Seen) -> tuple[bool, str]:
+    # OLMo's get_param_groups with decay_norm_and_bias=true and decay_embeddings=false: only the weights of
+    # nn.Embedding modules stay out. A tied embedding/output tensor is an embedding (OLMo ties by reusing wte.weight);
+    # a parameter OLMo does not classify (not a Linear/norm/Embedding weight nor a bias: its assert refuses the
+    # model) is decayed here, as every other non-embedding weight is.
+    for n, m in zip(s.names, s.mods, strict=True):
+        if isinstance(m, nn.Embedding) and n.endswith("weight"):
+            alias = f" (as {n!r})" if n != s.name else ""
+            return False, f"nn.Embedding weight{alias}"
+    return True, s.kind or "weight"
+
+
+_RULES: dict[str, Decide] = {
+    "all": _all,
+    "no_bias_norm": _no_bias_norm,
+    "matrices": _matrices,
+    "matrices_no_embedding": lambda s: _matrices(s, embeddings=False),
+    "nanogpt": _matrices,
+    "olmo2": _olmo2,
+    "keras": _all,
+}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -71,16 +72,47 @@ def _foreach_or_fused(kwargs: dict[str, Any], params: list[torch.Tensor], fused_
     return {**kwargs, "foreach": True}
 
 
-def base_optimizer(params: list[torch.Tensor], name: str, *, lr: float, kwargs: dict[str, Any]
+def check_one_group(groups: Sequence[Mapping[str, Any]], trainable: Mapping[str, torch.Tensor]) -> None:
+    """Raise ValueError naming the parameter unless each trainable one is in exactly one param group, once.
+
+    OLMo's check (`get_param_groups` asserts no parameter is in both groups and none in neither): a tensor listed
+    twice is updated, and decayed, twice per step (torch only warns about a duplicate inside one group), and a
+    trainable tensor left out is silently never trained.
+    """
+    name_of: dict[int, str] = {}
+    for n, p in trainable.items():
+        name_of.setdefault(id(p), n)  # a tied tensor under its first name, as named_parameters() gives it
+    where: dict[int, str] = {}
+    for i, group in enumerate(groups):
+        label = repr(group.get("group_name", f"#{i}"))
+        names = group.get("param_names") or []
+        for k, p in enumerate(group["params"]):
+            if id(p) in where:
+                name = name_of.get(id(p)) or (names[k] if k < len(names) else f"params[{k}]")
+                twice = f"twice in group {label}" if where[id(p)] == label else f"in groups {where[id(p)]} and {label}"
+                raise ValueError(f"parameter {name!r} is {twice}: each trainable parameter must land in exactly one "
+                                 "optimizer param group, once (a tied tensor is listed under one name)")
+            where[id(p)] = label
+    missing = [n for key, n in name_of.items() if key not in where]
+    if missing:
+        more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])}{', ...' if len(missing) > 4 else ''})" \
+            if len(missing) > 1 else ""
+        raise ValueError(f"trainable parameter {missing[0]!r} is in no optimizer param group{more}: it would never "
+                         "be updated; each trainable parameter must land in exactly one group")
+
+
+def base_optimizer(params: Mapping[str, torch.Tensor], name: str, *, lr: float, kwargs: dict[str, Any]
                    ) -> torch.optim.Optimizer:
-    """The update direction alone: torch Adam (adam, adamw) or SGD (sgd, sgdw) with weight_decay=0.
+    """The update direction alone: torch Adam (adam, adamw) or SGD (sgd, sgdw) with weight_decay=0 on `params`.
 
     The stacked engine applies every decay rule itself (replicas.py) around this optimizer's step.
     """
     name = check_choice("optimizer name", name, OPTIMIZERS)
+    tensors = list(params.values())
+    check_one_group([{"params": tensors}], {n: p for n, p in params.items() if p.requires_grad})
     if name in ("adam", "adamw"):
-        return torch.optim.Adam(params, lr=lr, weight_decay=0.0, **_foreach_or_fused(kwargs, params, True))
-    return torch.optim.SGD(params, lr=lr, weight_decay=0.0, **_foreach_or_fused(kwargs, params, False))
+        return torch.optim.Adam(tensors, lr=lr, weight_decay=0.0, **_foreach_or_fused(kwargs, tensors, True))
+    return torch.optim.SGD(tensors, lr=lr, weight_decay=0.0, **_foreach_or_fused(kwargs, tensors, False))
 
 
 def build_optimizer(
@@ -92,9 +124,11 @@ def build_optimizer(
     allow_double: bool,
     lr: float,
     kwargs: dict[str, Any],
+    trainable: Mapping[str, torch.Tensor],
 ) -> torch.optim.Optimizer:
-    """Instantiate the torch optimizer `name` on `groups` with the decay mechanics of `mode`."""
+    """Instantiate the torch optimizer `name` on `groups` (each of `trainable` in exactly one) with `mode`'s decay."""
     name = check_choice("optimizer name", name, OPTIMIZERS)
+    check_one_group(groups, trainable)
     rule = RULES[mode]
     kwargs = dict(kwargs)
     extra = check_nonneg("weight_decay (optimizer keyword)", kwargs.pop("weight_decay", 0.0))

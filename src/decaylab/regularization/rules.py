@@ -25,9 +25,57 @@ from typing import Any
 # kernels are named here and looked up in kernels.py when a rule is applied.
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "sgdw", "adam", "adamw")
-# Which parameters are decayed (decay_set.py): the seed's and fairseq's `all`, HF Trainer's `no_bias_norm`,
-# nanoGPT's `matrices`, and `matrices_no_embedding`.
-DECAY_SETS: tuple[str, ...] = ("all", "no_bias_norm", "matrices", "matrices_no_embedding")
+
+
+@dataclass(frozen=True)
+class DecaySet:
+    """One value of `regularization.decay_set`: which parameters it decays, and whose convention it is."""
+
+    name: str
+    decays: str  # one line: what is decayed and what is not
+    source: str  # the library function or text it follows ("" for decaylab's own)
+
+
+# Which parameters are decayed; decay_set.py implements each (one decision function per name). decaylab's own sets
+# first, then other libraries' conventions reproduced exactly (tests/test_decay_sets.py compares each with the
+# library's own function where it can be installed).
+DECAY_SET_RULES: dict[str, DecaySet] = {
+    s.name: s
+    for s in (
+        DecaySet("all", "every trainable parameter", "the seed listing, fairseq, torch's default"),
+        DecaySet("no_bias_norm", "all but biases and normalization parameters (by module type, class name and "
+                 "name: `norm`, `ln_f`, ...)", ""),
+        DecaySet("matrices", "parameters with ndim ≥ 2, embeddings included", "nanoGPT's rule (= `nanogpt`)"),
+        DecaySet("matrices_no_embedding", "parameters with ndim ≥ 2 except embedding tables", ""),
+        DecaySet("hf", "all but parameters of nn.LayerNorm modules and names matching bias, layernorm, rmsnorm, "
+                 "`(?:^|\\.)norm(?:$|\\.)`, `_norm(?:$|\\.)` (lowercased); embeddings decayed",
+                 "transformers `Trainer.get_decay_parameter_names` (5.x)"),
+        DecaySet("timm", "all but ndim ≤ 1, names ending `.bias`, and names matching (fnmatch) the model's "
+                 "`no_weight_decay()`", "timm `optim._param_groups.param_groups_weight_decay`"),
+        DecaySet("nanogpt", "parameters with ndim ≥ 2 (token and position embeddings included)",
+                 "nanoGPT `GPT.configure_optimizers`"),
+        DecaySet("olmo2", "all but nn.Embedding weights: biases and norms decayed",
+                 "OLMo `olmo/optim.py` `get_param_groups` with OLMo 2's decay_norm_and_bias=true, "
+                 "decay_embeddings=false"),
+        DecaySet("keras", "every trainable parameter", "Keras 3 optimizers (no `exclude_from_weight_decay` call)"),
+    )
+}
+DECAY_SETS: tuple[str, ...] = tuple(DECAY_SET_RULES)
+
+
+def decay_set_names(names: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Registered decay-set names from a comma-separated string or a list (order kept, repeats dropped).
+
+    A ValueError names every unknown one and lists the registered ones.
+    """
+    items = names.split(",") if isinstance(names, str) else list(names)
+    wanted = tuple(dict.fromkeys(str(n).strip().lower() for n in items if str(n).strip()))
+    unknown = [n for n in wanted if n not in DECAY_SET_RULES]
+    if unknown or not wanted:
+        what = f"unknown decay set{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}" if unknown \
+            else "no decay set named"
+        raise ValueError(f"{what}; allowed values are {', '.join(DECAY_SETS)}")
+    return wanted
 
 
 class Acts(str, Enum):

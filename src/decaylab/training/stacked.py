@@ -252,7 +252,7 @@ class StackedTrainer:
                lr: float | None) -> None:
         """The stacked model, optimizer, schedule and per-replica coefficients for the active replicas."""
         cfg = self.base.train
-        self.optimizer = base_optimizer(list(self.params.values()), cfg.optimizer, lr=cfg.lr,
+        self.optimizer = base_optimizer(self.params, cfg.optimizer, lr=cfg.lr,
                                         kwargs=optimizer_kwargs(self.base))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_multiplier(cfg.schedule, cfg.warmup_steps, self.total_steps))
