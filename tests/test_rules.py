@@ -3,6 +3,7 @@ or refused by name there; and every caller reads its names from the registry."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,16 @@ from decaylab.training.stacked import StackedTrainer
 from tests.conftest import tiny_config
 
 LAMBDA = {"weight_decay": 0.05, "l1": 0.002}
+# SWD without the lr (c_t = η_t/η_max) divides λ by √mean(v̂) (~5e-3 here): 0.05 would be a decay of ~10 per step
+LAMBDA_OF = {("swd", "schedule"): 1e-4}
 
 
-def rule_settings(name: str, lam: float | None = None, scaling: str = "lr") -> dict:
+def rule_settings(name: str, lam: float | None = None, scaling: str = "lr", **extra: object) -> dict:
     """The regularization section that turns rule `name` on (its λ in its own field), generically."""
     rule = RULES[name]
     settings = {"mode": name if rule.is_mode else "none", "weight_decay": 0.0, "l1": 0.0, "decay_scaling": scaling}
-    settings[rule.strength] = LAMBDA[rule.strength] if lam is None else lam
+    settings[rule.strength] = LAMBDA_OF.get((name, scaling), LAMBDA[rule.strength]) if lam is None else lam
+    settings.update(extra)
     return settings
 
 
@@ -72,6 +76,39 @@ def test_every_rule_is_stacked_exactly_or_refused_by_name(name, optimizer, scali
     assert stacked[-1]["decay_norm"] < replicas[0].history[-1]["decay_norm"] - 1e-4
 
 
+SCHEDULES = [{"weight_decay_schedule": "cosine"}, {"weight_decay_schedule": "linear"},
+             {"weight_decay_schedule": "constant", "weight_decay_warmup_steps": 5},
+             {"weight_decay_schedule": "cosine", "weight_decay_warmup_steps": 2}]
+
+
+def test_each_replica_follows_its_own_weight_decay_schedule(tmp_path: Path, data) -> None:
+    """One stack of every schedulable rule, each with its own λ schedule (and one constant λ), against each rule's
+    single run: the same trajectory, and the same λ_t in every metrics row."""
+    splits, tokenizer = data
+    base = tiny_config("model.dropout=0", "train.clip_norm=0.5", "train.schedule=cosine", "train.max_steps=6",
+                       "train.eval_every=3", "train.optimizer=adam", "train.lr=0.01")
+    names = [name for name, rule in RULES.items() if rule.schedulable]
+    settings = [rule_settings("decoupled")] + [
+        rule_settings(name, **SCHEDULES[i % len(SCHEDULES)]) for i, name in enumerate(names)]
+    configs = [with_regularization(base, s) for s in settings]
+    replicas = StackedTrainer(configs, [tmp_path / f"v{i}" for i in range(len(configs))], splits=splits,
+                              tokenizer=tokenizer).fit()
+    for i, config in enumerate(configs):
+        single = Trainer(config, tmp_path / f"s{i}", splits=splits, tokenizer=tokenizer, quiet=True).fit().history
+        for a, b in zip(replicas[i].history, single, strict=True):
+            for key in ("val_loss", "train_loss", "decay_norm", "decay_factor", "weight_decay_t"):
+                assert a[key] == pytest.approx(b[key], rel=2e-4, abs=2e-4), (i, a["step"], key, a[key], b[key])
+    # λ_t after 3 and 6 of the 6 steps, by hand: constant; cosine ½(1 + cos π·t/6); linear 1 − t/6; warm-up 5
+    # steps ((t + 1)/5, then 1); warm-up 2 steps, then cosine over the 4 others ½(1 + cos π·(t − 2)/4)
+    by_hand = {"constant": (1.0, 1.0), "cosine": (0.5, 0.0), "linear": (0.5, 0.0), "constant+5": (0.8, 1.0),
+               "cosine+2": (0.5 * (1 + math.cos(math.pi / 4)), 0.0)}
+    for replica, s in zip(replicas, settings, strict=True):
+        shape = s.get("weight_decay_schedule", "constant") + (
+            f"+{s['weight_decay_warmup_steps']}" if s.get("weight_decay_warmup_steps") else "")
+        got = [row["weight_decay_t"] for row in replica.history]
+        assert got == pytest.approx([s["weight_decay"] * rho for rho in by_hand[shape]], abs=1e-12), shape
+
+
 def test_replica_decay_refuses_a_rule_without_a_stacked_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
 
@@ -117,4 +154,4 @@ def test_every_name_list_reads_the_registry() -> None:
     assert spec.MODES == SWEEPABLE
     assert all(mode_color(name) == RULES[name].color for name in RULES)
     with pytest.raises(UserError, match="regularization.mode"):
-        build_config({"regularization": {"mode": "cautious"}})
+        build_config({"regularization": {"mode": "lion"}})

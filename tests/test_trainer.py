@@ -134,9 +134,10 @@ def test_resume_of_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
 
 
 def test_regularization_errors_name_the_field(tmp_path: Path) -> None:
-    cfg = tiny_config("regularization.mode=coupled", "regularization.weight_decay=0.01", "train.optimizer=adamw")
-    with pytest.raises(UserError, match="regularization"):
-        Trainer(cfg, tmp_path / "run", quiet=True)
+    # refused when the config is read, before a run folder exists
+    with pytest.raises(UserError, match="regularization.mode with train.optimizer: mode='coupled'"):
+        tiny_config("regularization.mode=coupled", "regularization.weight_decay=0.01", "train.optimizer=adamw")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("bad_eval", [1, 3])

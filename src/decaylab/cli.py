@@ -33,7 +33,8 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam, adamw or sgd.")] = None,
     mode: Annotated[str | None, typer.Option(help="Regularization mode: " + "; ".join(
-        f"{name} ({RULES[name].formula})" for name in MODES) + ".")] = None,
+        # a formula's brackets are text, not rich markup (the help is rendered with rich)
+        f"{name} ({RULES[name].formula.replace('[', chr(92) + '[')})" for name in MODES) + ".")] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay", "--lambda", help="λ.")] = None,
     l1: Annotated[float | None, typer.Option(help="L1 strength λ₁.")] = None,
     decay_set: Annotated[str | None, typer.Option(help=", ".join(DECAY_SETS) + ".")] = None,

@@ -24,7 +24,13 @@ from pydantic import (
 
 from decaylab.errors import UserError
 from decaylab.files import not_found
-from decaylab.regularization.rules import DECAY_SCALINGS, DECAY_SETS, MODES
+from decaylab.regularization.rules import (
+    DECAY_SCALINGS,
+    DECAY_SETS,
+    MODES,
+    WEIGHT_DECAY_SCHEDULE_NAMES,
+    check_settings,
+)
 
 
 class Section(BaseModel):
@@ -292,6 +298,14 @@ class RegularizationConfig(Section):
     exclude: list[str] = Field(default_factory=list)
     multipliers: dict[str, float] = Field(default_factory=dict)
     allow_double: bool = False
+    weight_decay_schedule: Literal[WEIGHT_DECAY_SCHEDULE_NAMES] = Field(  # type: ignore[valid-type]
+        "constant", description="λ_t = λ·ρ(t) over the run (constant, linear or cosine to zero)")
+    weight_decay_warmup_steps: int = Field(0, ge=0, description="λ ramps linearly up to λ over this many steps")
+
+    @model_validator(mode="after")
+    def _combination_means_something(self) -> RegularizationConfig:
+        check_settings(self.model_dump())  # the registry's rule: one line naming the fields
+        return self
 
 
 class GenerationConfig(Section):
@@ -335,6 +349,14 @@ class Config(Section):
                                  f"{self.model.max_positions} (raise it, or use model.positions=rotary)")
             if self.train.bleu_examples:
                 raise ValueError("train.bleu_examples decodes translations of pairs; a language model has none (use 0)")
+        return self
+
+    @model_validator(mode="after")
+    def _rule_fits_the_optimizer(self) -> Config:
+        try:  # e.g. SWD needs Adam's second moment, coupled decay is not AdamW's
+            check_settings(self.regularization.model_dump(), self.train.optimizer)
+        except ValueError as exc:
+            raise ValueError(f"regularization.mode with train.optimizer: {exc}") from None
         return self
 
     @model_validator(mode="after")

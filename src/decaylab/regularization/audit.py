@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from .decay_set import DecayPlan, build_plan, show_regex
-from .rules import RULES, Acts, decay_set_names
+from .rules import RULES, WEIGHT_DECAY_SCHEDULES, Acts, decay_set_names
 
 # Usual ranges of λ are each rule's `usual_range` (rules.py); outside them a value is more likely a units mistake
 # than a choice. coupled / l2: the penalty gradient λ·w competes with the loss gradient directly. decoupled + lr:
@@ -84,6 +84,12 @@ def print_audit(report: AuditReport, console: Any = None) -> None:
         f"norm decayed: {s['norm_decayed']}, bias decayed: {s['bias_decayed']}, "
         f"embedding decayed: {s['embedding_decayed']}"
     )
+    if s.get("rule"):  # formulas hold brackets: printed as text, not rich markup
+        console.print(f"rule: {s['mode']}: {s['rule']}", highlight=False, markup=False)
+    if s.get("weight_decay_schedule_text"):
+        console.print(f"λ schedule: {s['weight_decay_schedule_text']}", highlight=False, markup=False)
+    if s.get("tau_note"):
+        console.print(f"decay timescale τ: {s['tau_note']}", highlight=False)
     if s.get("tau_steps") is not None:
         epochs = f" = {s['tau_epochs']:.3g} epochs" if s.get("tau_epochs") is not None else ""
         console.print(f"decay timescale τ = {_steps(s['tau_steps'])} steps{epochs}")
@@ -105,6 +111,8 @@ def build_audit(
     steps: int | None = None,
     steps_per_epoch: int | None = None,
     optimizer_weight_decay: float = 0.0,
+    weight_decay_schedule: str = "constant",
+    weight_decay_warmup_steps: int = 0,
 ) -> AuditReport:
     """Assemble rows, summary and warnings for `plan` under the given settings."""
     rule = RULES[mode]
@@ -129,7 +137,8 @@ def build_audit(
     active = lam > 0 or l1 > 0
 
     tau_steps = None
-    if rule.acts is Acts.DECOUPLED and lam > 0:
+    # SWD's per-step decay is divided by √mean(v̂), known only once training runs: no τ from the settings
+    if rule.acts is Acts.DECOUPLED and lam > 0 and rule.reads != "second_moment":
         # decoupled decay makes the weights an EMA of their updates with timescale 1/(per-step
         # decay) (Wang & Aitchison 2024); with schedule scaling the peak per-step decay is λ itself
         if decay_scaling == "schedule":
@@ -157,6 +166,13 @@ def build_audit(
         "embedding_decayed": any(i.is_embedding for i in decayed),
         "tau_steps": tau_steps,
         "tau_epochs": tau_epochs,
+        "rule": rule.formula,
+        "tau_note": "c_t·λ is divided by √mean(v̂), known only while training (SWD)"
+        if rule.reads == "second_moment" and lam > 0 else "",
+        "weight_decay_schedule": weight_decay_schedule,
+        "weight_decay_warmup_steps": weight_decay_warmup_steps,
+        "weight_decay_schedule_text": _schedule_text(weight_decay_schedule, weight_decay_warmup_steps)
+        if rule.schedulable and lam > 0 else "",
     }
 
     warnings: list[str] = []
@@ -231,7 +247,7 @@ def build_audit(
                 f"weight_decay={lam:g} is outside the usual range {lo:g}..{hi:g} for {key}: "
                 "far above it the decay dominates the loss, far below it has no measurable effect."
             )
-    if scaled and lam > 0:
+    if scaled and lam > 0 and rule.reads != "second_moment":
         per_step = lam if decay_scaling == "schedule" else (lr * lam if lr is not None else None)
         if per_step is not None and per_step >= 1:
             warn(
@@ -252,6 +268,14 @@ def build_audit(
                 "epoch (Wang & Aitchison 2024)."
             )
     return AuditReport(rows, summary, warnings)
+
+
+def _schedule_text(name: str, warmup: int) -> str:
+    """The λ schedule in words ('' when λ is constant): its formula and its warm-up."""
+    if name == "constant" and not warmup:
+        return ""
+    ramp = f"; first a linear warm-up from λ/{warmup} to λ over {warmup} steps" if warmup else ""
+    return f"{name}: {WEIGHT_DECAY_SCHEDULES[name].formula}{ramp} (τ is at the peak λ)"
 
 
 def _steps(x: float) -> str:

@@ -11,11 +11,23 @@ from torch import nn
 from . import kernels
 from .audit import AuditReport, build_audit
 from .decay_set import DecayPlan, build_plan
-from .optim import build_optimizer, build_param_groups
-from .rules import DECAY_SCALINGS, DECAY_SETS, MODES, OPTIMIZERS, RULES, Acts, active_rules
+from .optim import build_optimizer, build_param_groups, swd_denominator, weight_decay_now
+from .rules import (
+    DECAY_SCALINGS,
+    DECAY_SETS,
+    MODES,
+    OPTIMIZERS,
+    RULES,
+    WEIGHT_DECAY_SCHEDULE_NAMES,
+    Acts,
+    active_rules,
+    check_settings,
+    schedule_is_constant,
+)
 from .validate import (
     check_bool,
     check_choice,
+    check_count,
     check_multipliers,
     check_nonneg,
     check_patterns,
@@ -51,18 +63,18 @@ class Regularization:
         exclude: list[str] | tuple[str, ...] | str | None = None,
         multipliers: dict[str, float] | None = None,
         allow_double: bool = False,
+        weight_decay_schedule: str = "constant",
+        weight_decay_warmup_steps: int = 0,
     ) -> None:
         self.mode = check_choice("mode", mode, MODES)
         self.weight_decay = check_nonneg("weight_decay", weight_decay)
         self.decay_set = check_choice("decay_set", decay_set, DECAY_SETS)
         self.l1 = check_nonneg("l1", l1)
         self.decay_scaling = check_choice("decay_scaling", decay_scaling, DECAY_SCALINGS)
-        if self.decay_scaling != "lr" and RULES[self.mode].acts is not Acts.DECOUPLED:
-            decoupled = ", ".join(repr(m) for m in MODES if RULES[m].acts is Acts.DECOUPLED)
-            raise ValueError(
-                f"decay_scaling={self.decay_scaling!r} is only meaningful with a decoupled mode ({decoupled}; "
-                f"got mode={self.mode!r}); allowed for this mode: decay_scaling='lr'"
-            )
+        self.weight_decay_schedule = check_choice("weight_decay_schedule", weight_decay_schedule,
+                                                  WEIGHT_DECAY_SCHEDULE_NAMES)
+        self.weight_decay_warmup_steps = check_count("weight_decay_warmup_steps", weight_decay_warmup_steps)
+        check_settings(self._settings)
         self.exclude = check_patterns("exclude", exclude)
         self.multipliers = check_multipliers("multipliers", multipliers)
         self.allow_double = check_bool("allow_double", allow_double)
@@ -86,6 +98,8 @@ class Regularization:
             "exclude": list(self.exclude),
             "multipliers": dict(self.multipliers),
             "allow_double": self.allow_double,
+            "weight_decay_schedule": self.weight_decay_schedule,
+            "weight_decay_warmup_steps": self.weight_decay_warmup_steps,
         }
 
     def __repr__(self) -> str:
@@ -103,14 +117,21 @@ class Regularization:
         self._cache = weakref.WeakKeyDictionary()
 
     @property
+    def _settings(self) -> dict[str, Any]:
+        """The fields the registry reads (mode, strengths, decay scaling, λ schedule)."""
+        return {"mode": self.mode, "weight_decay": self.weight_decay, "l1": self.l1,
+                "decay_scaling": self.decay_scaling, "weight_decay_schedule": self.weight_decay_schedule,
+                "weight_decay_warmup_steps": self.weight_decay_warmup_steps}
+
+    @property
     def _mode_strength(self) -> float:
         """The λ of the mode's rule, from the config field the registry names for it (0 for mode none)."""
-        return RULES[self.mode].strength_in({"mode": self.mode, "weight_decay": self.weight_decay, "l1": self.l1})
+        return RULES[self.mode].strength_in(self._settings)
 
     @property
     def _active(self) -> list:
         """The registered rules with λ > 0 under these settings, each with its λ."""
-        return active_rules({"mode": self.mode, "weight_decay": self.weight_decay, "l1": self.l1})
+        return active_rules(self._settings)
 
     # -- decay set -----------------------------------------------------------------------------
 
@@ -138,22 +159,51 @@ class Regularization:
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
         """Torch param groups (one per distinct effective λ plus no-decay) with this mode's weight_decay."""
+        rule = RULES[self.mode]
+        if self._mode_strength:
+            # torch's constant group weight_decay cannot express these: a caller's optimizer would silently not
+            # decay (cautious, swd) or keep λ constant (a schedule)
+            what = (f"mode={self.mode!r}" if rule.reads else
+                    "" if schedule_is_constant(self._settings) or not rule.schedulable else
+                    f"weight_decay_schedule={self.weight_decay_schedule!r} (warm-up "
+                    f"{self.weight_decay_warmup_steps} steps)")
+            if what:
+                raise ValueError(f"{what} is applied by decaylab's step pre-hook, which a caller's optimizer lacks; "
+                                 "build the optimizer with reg.optimizer(model, name, lr, total_steps=N)")
+        return self._groups(model, lr, None)
+
+    def _groups(self, model: nn.Module, lr: float, total_steps: int | None) -> list[dict[str, Any]]:
         lr = check_positive("lr", lr)
+        if (self.weight_decay_schedule != "constant" and total_steps is None and self._mode_strength
+                and RULES[self.mode].schedulable):
+            raise ValueError(
+                f"weight_decay_schedule={self.weight_decay_schedule!r} needs the run's length: pass "
+                "reg.optimizer(..., total_steps=N)"
+            )
+        schedule = {"weight_decay_schedule": self.weight_decay_schedule,
+                    "weight_decay_warmup_steps": self.weight_decay_warmup_steps, "total_steps": total_steps}
         return build_param_groups(
             self.plan(model),
             mode=self.mode,
             weight_decay=self._mode_strength,
             decay_scaling=self.decay_scaling,
             lr=lr,
+            schedule=schedule,
         )
 
     def optimizer(
-        self, model: nn.Module, name: str = "adamw", lr: float = 1e-3, **kwargs: Any
+        self, model: nn.Module, name: str = "adamw", lr: float = 1e-3, total_steps: int | None = None,
+        **kwargs: Any
     ) -> torch.optim.Optimizer:
-        """A torch optimizer (sgd, sgdw, adam, adamw) applying this mode's decay; kwargs go to torch."""
+        """A torch optimizer (sgd, sgdw, adam, adamw) applying this mode's decay; kwargs go to torch.
+
+        `total_steps` (the run's optimizer steps) is needed by a `weight_decay_schedule` other than constant.
+        """
         check_choice("optimizer name", name, OPTIMIZERS)
+        if total_steps is not None:
+            total_steps = check_count("total_steps", total_steps, minimum=1)
         return build_optimizer(
-            self.param_groups(model, lr),
+            self._groups(model, lr, total_steps),
             name,
             mode=self.mode,
             regularizes=self.regularizes,
@@ -193,7 +243,7 @@ class Regularization:
         group = next((g for g in optimizer.param_groups if "peak_lr" in g), optimizer.param_groups[0])
         lr = float(group["lr"])
         rule = RULES[self.mode]
-        lam = self._mode_strength
+        lam = self.weight_decay_now(optimizer)
         if rule.acts is Acts.DECOUPLED:
             peak = group.get("peak_lr", group.get("initial_lr"))
             if peak is None:
@@ -203,10 +253,20 @@ class Regularization:
                         "reg.optimizer() or reg.param_groups(), whose groups carry 'peak_lr'"
                     )
                 peak = lr
-            return rule.decay_factor(lam, self.decay_scaling, lr, float(peak))
+            # SWD: the denominator of the last step taken (1 before the first)
+            denominator = float(swd_denominator(optimizer, coming=False)) if rule.reads == "second_moment" and (
+                optimizer.state) else 1.0
+            return rule.decay_factor(lam, self.decay_scaling, lr, float(peak), denominator)
         if equivalent and rule.decays and rule.strength == "weight_decay":
             return 1.0 - lr * lam
         return 1.0
+
+    def weight_decay_now(self, optimizer: torch.optim.Optimizer) -> float:
+        """The mode's λ_t for the optimizer's next step: λ·ρ(t) under `weight_decay_schedule` (λ when constant)."""
+        group = next((g for g in optimizer.param_groups if "peak_lr" in g and g["multiplier"] > 0), None)
+        if group is None or not self._mode_strength:
+            return self._mode_strength
+        return weight_decay_now(group) / group["multiplier"]
 
     # -- audit ---------------------------------------------------------------------------------
 
@@ -238,4 +298,6 @@ class Regularization:
             steps=steps,
             steps_per_epoch=steps_per_epoch,
             optimizer_weight_decay=check_nonneg("optimizer_weight_decay", optimizer_weight_decay),
+            weight_decay_schedule=self.weight_decay_schedule,
+            weight_decay_warmup_steps=self.weight_decay_warmup_steps,
         )

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
+from . import kernels
 from .decay_set import DecayPlan
 from .decoupled_sgd import SGDW
-from .rules import DECAY_SCALING_RULES, OPTIMIZERS, RULES, Acts, check_optimizer
+from .rules import (
+    DECAY_SCALING_RULES,
+    OPTIMIZERS,
+    RULES,
+    WEIGHT_DECAY_SCHEDULES,
+    Acts,
+    check_optimizer,
+    schedule_is_constant,
+)
 from .validate import check_choice, check_nonneg
 
 try:  # private torch helper; the fallback lists the devices with fused Adam since torch 2.4
@@ -26,9 +36,14 @@ def torch_weight_decay(mode: str, lam: float, decay_scaling: str, peak_lr: float
 
 
 def build_param_groups(
-    plan: DecayPlan, *, mode: str, weight_decay: float, decay_scaling: str, lr: float
+    plan: DecayPlan, *, mode: str, weight_decay: float, decay_scaling: str, lr: float,
+    schedule: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """One group per distinct multiplier of the decay set plus one no-decay group (frozen params left out)."""
+    """One group per distinct multiplier of the decay set plus one no-decay group (frozen params left out).
+
+    `schedule`: the λ schedule's `weight_decay_schedule`, `weight_decay_warmup_steps` and `total_steps`, kept in
+    every group with the count of steps taken (`decay_step`), so a checkpoint's optimizer state resumes it.
+    """
     by_mult: dict[float, list] = {}
     for info in plan.decayed:
         by_mult.setdefault(info.multiplier, []).append(info)
@@ -42,6 +57,11 @@ def build_param_groups(
         groups.append(_group("no_decay", rest, lr, 0.0, 0.0, mode, decay_scaling))
     if not groups:
         raise ValueError("model has no trainable parameters (every parameter has requires_grad=False)")
+    schedule = schedule or {}
+    for g in groups:
+        g.update(weight_decay_schedule=schedule.get("weight_decay_schedule", "constant"),
+                 weight_decay_warmup_steps=schedule.get("weight_decay_warmup_steps", 0),
+                 total_steps=schedule.get("total_steps"), decay_step=0)
     return groups
 
 
@@ -156,21 +176,74 @@ def build_optimizer(
         optimizer = SGDW(groups, lr=lr, **kwargs)
     else:
         optimizer = torch.optim.SGD(groups, lr=lr, **_foreach_or_fused(kwargs, params, False))
-    if decoupled and any(DECAY_SCALING_RULES[g["decay_scaling"]].varies for g in groups):
-        optimizer.register_step_pre_hook(follow_lr)
+    if needs_step_hook(groups):
+        optimizer.register_step_pre_hook(before_step)
+        # a checkpoint's groups replace these on load: keep its step count, but the λ schedule spans this run
+        # (a run resumed with a longer max_steps schedules λ over the new length, as its lr scheduler does)
+        optimizer.register_load_state_dict_post_hook(
+            functools.partial(_keep_run_length, total_steps=groups[0].get("total_steps")))
     return optimizer
 
 
-def follow_lr(optimizer: torch.optim.Optimizer, args: Any = None, kwargs: Any = None) -> None:
-    """Before each step, set every decaylab group's `weight_decay` for the group's current lr.
-
-    For a decay scaling whose c_t is not proportional to lr_t (corrected: c_t = η_t²/η_max), torch's decay
-    lr_t·wd equals c_t·λ only with wd = λ·c_t/lr_t, which changes with the schedule.
-    """
+def _keep_run_length(optimizer: torch.optim.Optimizer, total_steps: int | None) -> None:
     for group in optimizer.param_groups:
-        if "peak_lr" not in group:
-            continue
+        if "peak_lr" in group:
+            group["total_steps"] = total_steps
+
+
+def needs_step_hook(groups: list[dict[str, Any]]) -> bool:
+    """True when torch's constant group `weight_decay` cannot realize the groups' decay: a decay scaling whose
+    c_t/η_t varies, a λ schedule, or a rule whose kernel reads the coming step (cautious, SWD)."""
+    for g in groups:
+        rule = RULES[g["mode"]]
+        if rule.acts is Acts.DECOUPLED and (DECAY_SCALING_RULES[g["decay_scaling"]].varies or rule.reads):
+            return True
+        if rule.schedulable and not schedule_is_constant(g):
+            return True
+    return False
+
+
+def weight_decay_now(group: dict[str, Any]) -> float:
+    """A decaylab group's effective λ_t = λ·m·ρ(t) for its next step (t = its `decay_step`)."""
+    schedule = WEIGHT_DECAY_SCHEDULES[group.get("weight_decay_schedule", "constant")]
+    rho = schedule.multiplier(group.get("decay_step", 0), group.get("total_steps"),
+                              group.get("weight_decay_warmup_steps", 0))
+    return group["effective_weight_decay"] * rho
+
+
+def before_step(optimizer: torch.optim.Optimizer, args: Any = None, kwargs: Any = None) -> None:
+    """Before each step: every decaylab group's torch `weight_decay` for this step, and the rules torch cannot run.
+
+    torch decays by lr_t·wd, so wd = λ_t·c_t/lr_t gives c_t·λ_t: it changes each step under a decay scaling whose
+    c_t is not proportional to lr_t (corrected: c_t = η_t²/η_max) and under a λ schedule (λ_t = λ·ρ(t)). A rule
+    whose kernel reads the coming step (cautious: the update's sign; SWD: Adam's second moment) gets torch
+    weight_decay 0 and is applied here, to the weights before the update, as the stacked engine applies it.
+    """
+    groups = [g for g in optimizer.param_groups if "peak_lr" in g]
+    denominator = None
+    for group in groups:
         rule = RULES[group["mode"]]
-        group["weight_decay"] = rule.torch_weight_decay(group["effective_weight_decay"], group["decay_scaling"],
-                                                        group["peak_lr"], lr=float(group["lr"]))
+        lam = weight_decay_now(group)
+        lr = float(group["lr"])
+        group["weight_decay"] = rule.torch_weight_decay(lam, group["decay_scaling"], group["peak_lr"], lr=lr)
         group["weight_decay"] += group.get("extra_weight_decay", 0.0)
+        group["decay_step"] = group.get("decay_step", 0) + 1
+        if rule.reads is None or lam == 0.0:
+            continue
+        params = [p for p in group["params"] if p.grad is not None]
+        if rule.reads == "second_moment" and denominator is None:
+            denominator = swd_denominator(optimizer)
+        step = kernels.ComingStep([p.grad for p in params], [optimizer.state[p] for p in params], group,
+                                  denominator if denominator is not None else 1.0)
+        scale = DECAY_SCALING_RULES[group["decay_scaling"]].coefficient(lr, group["peak_lr"])
+        with torch.no_grad():
+            rule.kernel("replica_kernel")(params, [lam] * len(params), scale, step)
+
+
+def swd_denominator(optimizer: torch.optim.Optimizer, coming: bool = True) -> torch.Tensor:
+    """SWD's √mean(v̂) + ε over every trainable parameter of `optimizer` (the step about to be taken, or the last)."""
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None or not coming]
+    group = optimizer.param_groups[0]
+    mean = kernels.mean_second_moment([p.grad for p in params], [optimizer.state[p] for p in params], group,
+                                      coming=coming)
+    return mean.sqrt() + group["eps"]

@@ -10,12 +10,16 @@ name (`Rule.replica_kernel is None`), never runs it as λ = 0.
 Order of a step (DESIGN.md §3), which both engines follow: LOSS terms join the gradient (autograd of the penalty,
 or their analytic gradient) -> gradient clipping -> GRADIENT terms (λ·w added to the clipped gradient, as torch
 SGD/Adam `weight_decay`) -> DECOUPLED decay (w ← w − c_t·λ·w, AdamW's order) -> the optimizer's update.
+
+λ itself may follow a schedule of its own (`weight_decay_schedule`, WEIGHT_DECAY_SCHEDULES): λ_t = λ·ρ(t) for the
+rules the optimizer applies (GRADIENT and DECOUPLED), t the number of optimizer steps already taken.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -98,7 +102,7 @@ class DecayScaling:
 
     def torch_factor(self, lr: float, peak: float) -> float:
         """The factor f on λ such that torch's decay lr_t·(λ·f) is c_t·λ (at lr_t = `lr`)."""
-        return self.coefficient(lr, peak) / lr
+        return self.coefficient(lr, peak) / lr if lr else 0.0  # at lr_t = 0 torch decays by 0·wd whatever f is
 
 
 DECAY_SCALING_RULES: dict[str, DecayScaling] = {
@@ -112,6 +116,44 @@ DECAY_SCALING_RULES: dict[str, DecayScaling] = {
     )
 }
 DECAY_SCALINGS: tuple[str, ...] = tuple(DECAY_SCALING_RULES)
+
+
+@dataclass(frozen=True)
+class WeightDecaySchedule:
+    """How λ_t = λ·ρ(t) follows its own schedule, after an optional linear warm-up from λ/W to λ over W steps."""
+
+    name: str
+    formula: str
+    shape: Callable[[float], float]  # progress p ∈ [0, 1] through the steps after the warm-up -> ρ
+
+    def multiplier(self, step: int, total_steps: int | None, warmup_steps: int = 0) -> float:
+        """ρ at optimizer step `step` (steps already taken), as the lr schedule's warm-up and progress count."""
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if total_steps is None:  # only a constant schedule needs no length (checked where the optimizer is built)
+            return self.shape(0.0)
+        return self.shape(min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+
+# The conventions of training/schedule.py's lr multiplier (the same warm-up, progress and shapes), so a λ schedule
+# and an lr schedule of the same name have the same shape; optax's `add_decayed_weights(weight_decay=schedule)`
+# is the semantic reference (the schedule is evaluated at the count of updates already applied).
+WEIGHT_DECAY_SCHEDULES: dict[str, WeightDecaySchedule] = {
+    s.name: s
+    for s in (
+        WeightDecaySchedule("constant", "λ_t = λ", lambda p: 1.0),
+        WeightDecaySchedule("linear", "λ_t = λ·(1 − p), linear to zero at the end of the run", lambda p: 1.0 - p),
+        WeightDecaySchedule("cosine", "λ_t = λ·½(1 + cos πp), cosine to zero at the end of the run",
+                            lambda p: 0.5 * (1.0 + math.cos(math.pi * p))),
+    )
+}
+WEIGHT_DECAY_SCHEDULE_NAMES: tuple[str, ...] = tuple(WEIGHT_DECAY_SCHEDULES)
+
+
+def schedule_is_constant(settings: Mapping[str, Any]) -> bool:
+    """True when λ_t = λ at every step under a regularization section (constant, no warm-up)."""
+    return (settings.get("weight_decay_schedule", "constant") == "constant"
+            and not settings.get("weight_decay_warmup_steps", 0))
 
 
 @dataclass(frozen=True)
@@ -137,6 +179,12 @@ class Rule:
     penalty: str | None = None
     replica_kernel: str | None = None
     replica_penalty: str | None = None
+    # What a DECOUPLED rule's kernel reads of the coming optimizer step, besides the weights: None (nothing: torch's
+    # group weight_decay realizes it in a single model), "update" (the sign of the update u_t the step will take:
+    # cautious decay), "second_moment" (Adam's mean v̂_t over every trainable parameter: SWD). A rule that reads
+    # one is applied by its `replica_kernel` in both engines: a step pre-hook (optim.py) in the single model,
+    # ReplicaDecay in the stack.
+    reads: str | None = None
 
     def kernel(self, kind: str) -> Callable[..., Any]:
         """The kernel function registered as `kind` (penalty, replica_kernel, replica_penalty)."""
@@ -156,21 +204,28 @@ class Rule:
             return 0.0
         return float(settings[self.strength])
 
+    @property
+    def schedulable(self) -> bool:
+        """True when λ may follow `weight_decay_schedule`: the optimizer applies the rule (gradient or decoupled)."""
+        return self.decays and self.acts in (Acts.GRADIENT, Acts.DECOUPLED)
+
     def torch_weight_decay(self, lam: float, decay_scaling: str, peak_lr: float, lr: float | None = None) -> float:
         """The torch param-group `weight_decay` that realizes effective λ under this rule at lr_t = `lr` (the peak
         when None)."""
         if self.acts is Acts.GRADIENT:
             return lam
-        if self.acts is Acts.DECOUPLED:
+        if self.acts is Acts.DECOUPLED and self.reads is None:
             # torch decays by lr_t·wd; with wd = λ·c_t/lr_t that is c_t·λ
             return lam * DECAY_SCALING_RULES[decay_scaling].torch_factor(peak_lr if lr is None else lr, peak_lr)
-        return 0.0  # nowhere: nothing; loss terms live in the loss
+        return 0.0  # nowhere: nothing; loss terms live in the loss; a rule that reads the step: its kernel
 
-    def decay_factor(self, lam: float, decay_scaling: str, lr: float, peak_lr: float) -> float:
-        """The per-step multiplicative decay 1 − c_t·λ of a DECOUPLED rule (1 for every other rule)."""
+    def decay_factor(self, lam: float, decay_scaling: str, lr: float, peak_lr: float,
+                     denominator: float = 1.0) -> float:
+        """The per-step multiplicative decay 1 − c_t·λ/d of a DECOUPLED rule (1 for every other rule); d is SWD's
+        √mean v̂ + ε (1 for every other rule), and for cautious decay the factor holds where the mask is on."""
         if self.acts is not Acts.DECOUPLED:
             return 1.0
-        return 1.0 - DECAY_SCALING_RULES[decay_scaling].coefficient(lr, peak_lr) * lam
+        return 1.0 - DECAY_SCALING_RULES[decay_scaling].coefficient(lr, peak_lr) * lam / denominator
 
 
 @functools.cache
@@ -194,11 +249,30 @@ RULES: dict[str, Rule] = {
              "decoupled (AdamW-style)", "#1f77b4",
              usual_range={"lr": (1e-4, 1.0), "schedule": (1e-6, 1e-2), "corrected": (1e-4, 1.0)},
              replica_kernel="decoupled_decay_"),
+        # Chen et al. 2025 (arXiv 2510.12402), Algorithm 1: decay only where the update and the weight agree in
+        # sign. Not timm's `caution` (Liang et al. 2024), which masks the update and leaves the decay alone.
+        Rule("cautious", Acts.DECOUPLED, "weight_decay", True,
+             "w ← w − c_t·λ·m·𝟙[u ⊙ w ≥ 0] ⊙ w before the update u (cautious weight decay, Chen et al. 2025)",
+             "cautious (decay where u·w ≥ 0)", "#ff7f0e",
+             usual_range={"lr": (1e-4, 1.0), "schedule": (1e-6, 1e-2), "corrected": (1e-4, 1.0)},
+             replica_kernel="cautious_decay_", reads="update"),
+        # Xie et al., NeurIPS 2023 (arXiv 2011.11152), AdamS: the decoupled step divided by √mean(v̂_t) + ε, the
+        # mean over every trainable parameter's bias-corrected second moment (the paper's and pytorch-optimizer's).
+        Rule("swd", Acts.DECOUPLED, "weight_decay", True,
+             "w ← w − c_t·λ·m·w/(√mean(v̂_t) + ε) before the update (stable weight decay, AdamS)",
+             "SWD (AdamS: decay ÷ √mean v̂)", "#8c564b", optimizers=("adam", "adamw"),
+             optimizer_hint="stable weight decay divides the decay by Adam's second moment v̂, which SGD does not "
+                            "keep; use mode='decoupled' (SGDW) or mode='cautious' with SGD",
+             usual_range={"lr": (1e-6, 1e-2), "corrected": (1e-6, 1e-2)},
+             replica_kernel="stable_decay_", reads="second_moment"),
         Rule("l1", Acts.LOSS, "l1", False, "loss += λ₁·Σ m‖w‖₁ (with any mode)", "l1 (penalty)", "#9467bd",
              penalty="l1_penalty", replica_kernel="add_l1_gradient_",
              replica_penalty="replica_l1_penalty"),
     )
 }
+# The regularization fields that pick a run's rules and their per-step coefficients (the rest, decay set and
+# multipliers, pick the parameters): what the replicas of one stack may differ in, besides each rule's strength.
+RULE_FIELDS: tuple[str, ...] = ("mode", "decay_scaling", "weight_decay_schedule", "weight_decay_warmup_steps")
 # The values of `regularization.mode`, and the rules a sweep can vary (each λ in its own field).
 MODES: tuple[str, ...] = tuple(name for name, r in RULES.items() if r.is_mode)
 SWEEPABLE: tuple[str, ...] = tuple(name for name, r in RULES.items() if r.decays)
@@ -226,3 +300,37 @@ def check_optimizer(rule: Rule, optimizer: str) -> None:
             f"mode={rule.name!r} with optimizer {optimizer!r} is contradictory: {rule.optimizer_hint} "
             f"(allowed optimizers for {rule.name!r}: {', '.join(rule.optimizers)})"
         )
+
+
+def check_settings(settings: Mapping[str, Any], optimizer: str | None = None) -> None:
+    """Raise ValueError (one line: the fields, why, what to use) for a combination that means nothing."""
+    rule = get_rule(settings["mode"])
+    scaling = settings.get("decay_scaling", "lr")
+    if scaling != "lr" and rule.acts is not Acts.DECOUPLED:
+        decoupled = ", ".join(repr(m) for m in MODES if RULES[m].acts is Acts.DECOUPLED)
+        raise ValueError(
+            f"decay_scaling={scaling!r} is only meaningful with a decoupled mode ({decoupled}; "
+            f"got mode={rule.name!r}); allowed for this mode: decay_scaling='lr'"
+        )
+    if not schedule_is_constant(settings) and rule.decays and not rule.schedulable:
+        schedulable = ", ".join(repr(m) for m in MODES if RULES[m].schedulable)
+        warmup = settings.get("weight_decay_warmup_steps", 0)
+        with_warmup = f" with weight_decay_warmup_steps={warmup}" if warmup else ""
+        raise ValueError(
+            f"weight_decay_schedule={settings.get('weight_decay_schedule', 'constant')!r}{with_warmup} cannot "
+            f"schedule mode={rule.name!r}: its term "
+            f"lives in the loss, outside the optimizer step that follows the schedule; use one of {schedulable} "
+            "(mode='coupled' is l2's trajectory)"
+        )
+    if optimizer is not None:
+        check_optimizer(rule, optimizer)
+
+
+def fit_to_mode(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` with the per-step fields a mode has no use for set to their defaults (a sweep's other modes)."""
+    rule = RULES[settings["mode"]]
+    if rule.acts is not Acts.DECOUPLED:
+        settings["decay_scaling"] = "lr"  # a decay scaling only exists for decoupled decay
+    if not rule.schedulable:
+        settings.update(weight_decay_schedule="constant", weight_decay_warmup_steps=0)
+    return settings

@@ -31,6 +31,13 @@ def check_positive(field: str, value: Any) -> float:
     return float(value)
 
 
+def check_count(field: str, value: Any, minimum: int = 0) -> int:
+    """Return `value` if it is an integer >= `minimum` (not a bool), else raise ValueError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{field}={value!r} is not valid; allowed values are integers >= {minimum}")
+    return int(value)
+
+
 def check_patterns(field: str, value: Any) -> tuple[str, ...]:
     """Return the regexes in `value` (None, one string or a list of strings) after compiling each."""
     if value is None:

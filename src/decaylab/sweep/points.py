@@ -7,7 +7,7 @@ from typing import Any
 
 from decaylab.config import Config, build_config, config_to_dict
 from decaylab.errors import UserError
-from decaylab.regularization.rules import RULES, Acts
+from decaylab.regularization.rules import RULES, check_settings, fit_to_mode
 from decaylab.sweep.spec import SweepSpec
 
 
@@ -46,6 +46,10 @@ def trial_config(base: Config, point: Point, swept_modes: list[str], seed: int |
 
     A seed repeat changes `seed` (initial weights, dropout) and keeps the base's data order (`data_seed`).
     """
+    return build_config(_trial_raw(base, point, swept_modes, seed), origin=f"sweep point {point.key}")
+
+
+def _trial_raw(base: Config, point: Point, swept_modes: list[str], seed: int | None = None) -> dict[str, Any]:
     raw = config_to_dict(base)
     if seed is not None:
         raw["data_seed"] = base.order_seed
@@ -65,10 +69,9 @@ def trial_config(base: Config, point: Point, swept_modes: list[str], seed: int |
         else:
             reg.update(mode="none", weight_decay=0.0)
         reg[rule.strength] = point.lam
-    if RULES[reg["mode"]].acts is not Acts.DECOUPLED:
-        reg["decay_scaling"] = "lr"  # a decay scaling only exists for decoupled decay
+    fit_to_mode(reg)  # a decay scaling or λ schedule only where the point's mode has one
     raw["model"]["dropout"] = point.dropout
-    return build_config(raw, origin=f"sweep point {point.key}")
+    return raw
 
 
 def check_points(base: Config, points: list[Point], swept_modes: list[str]) -> None:
@@ -82,6 +85,11 @@ def check_points(base: Config, points: list[Point], swept_modes: list[str]) -> N
         if point.mode in seen:
             continue
         seen.add(point.mode)
+        raw = _trial_raw(base, point, swept_modes)
+        try:
+            check_settings(raw["regularization"], raw["train"]["optimizer"])
+        except ValueError as exc:
+            raise UserError(f"--mode {point.mode}: {exc}") from None
         cfg = trial_config(base, point, swept_modes)
         toy = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
         # `exclude`/`multipliers` regexes name the real model's parameters, which the toy lacks.

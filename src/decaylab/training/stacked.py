@@ -41,6 +41,7 @@ from decaylab.models import build_model, count_parameters
 from decaylab.models.stacked_rnn import StackedSeq2Seq
 from decaylab.regularization import RULES, Regularization, ReplicaDecay, UnsupportedRule
 from decaylab.regularization.optim import base_optimizer
+from decaylab.regularization.rules import RULE_FIELDS
 from decaylab.runfolder.checkpoint import (
     MODEL_FILE,
     load_trainer_state,
@@ -55,9 +56,8 @@ from decaylab.training.schedule import lr_multiplier
 from decaylab.training.trainer import bleu_sample, optimizer_kwargs
 
 # Settings that may differ between replicas; everything else must be equal (same data, batches and schedule).
-# The regularization fields are the registry's: the mode, the decay scaling and every rule's strength field.
-REPLICA_FIELDS = {"regularization": ("mode", "decay_scaling", *dict.fromkeys(r.strength for r in RULES.values()
-                                                                               if r.strength)),
+# The regularization fields are the registry's: the mode, decay scaling and λ schedule, and every rule's strength.
+REPLICA_FIELDS = {"regularization": (*RULE_FIELDS, *dict.fromkeys(r.strength for r in RULES.values() if r.strength)),
                   "model": ("dropout",),
                   "": ("seed",)}  # "" is the top level; the data order (`data_seed`) stays shared
 
@@ -139,6 +139,7 @@ class StackedTrainer:
         self.template = models[starts[0]]
         self.names = [name for name, _ in self.template.named_parameters()]
         self.n_params = count_parameters(self.template)
+        self.total_steps = total_steps(base, self.train_data)
         names = names or [Path(d).name for d in run_dirs]
         budgets = budgets or [None] * len(configs)
         self.replicas = [self._replica(c, Path(d), n, b) for c, d, n, b in zip(configs, run_dirs, names, budgets,
@@ -147,7 +148,6 @@ class StackedTrainer:
         self.initial = {replica.name: initial[key] for replica, key in zip(self.replicas, starts, strict=True)}
         plan = Regularization(**self.replicas[0].reg).plan(self.template)
         self.multiplier = {info.name: (info.multiplier if info.decayed else 0.0) for info in plan.params}
-        self.total_steps = total_steps(base, self.train_data)
         self.config = base  # what every replica shares (data, batches, schedule): the loop reads it
         self.one_run = False
         self._saved: tuple[tuple[int, int], dict[str, torch.Tensor]] | None = None
@@ -184,7 +184,7 @@ class StackedTrainer:
         try:
             reg = Regularization(**config.regularization.model_dump())
             optimizer = reg.optimizer(self.template, config.train.optimizer, lr=config.train.lr,
-                                      **optimizer_kwargs(config))
+                                      total_steps=self.total_steps, **optimizer_kwargs(config))
         except ValueError as exc:
             raise UserError(f"regularization: {exc}") from None
         generator = torch.Generator(device=self.device)
@@ -268,7 +268,8 @@ class StackedTrainer:
                                     [r.generator for r in self.active])
 
         # every replica's decay rules, from the registry
-        self.decay = ReplicaDecay([r.reg for r in self.active], self.multiplier, self.params, cfg.lr, self.device)
+        self.decay = ReplicaDecay([r.reg for r in self.active], self.multiplier, self.params, cfg.lr, self.device,
+                                  total_steps=self.total_steps)
 
     def _drop(self, leaving: list[Replica]) -> None:
         """Take stopped replicas out of the stack (their slices of parameters, gradients and state)."""
@@ -321,8 +322,9 @@ class StackedTrainer:
             clip = torch.clamp(cfg.clip_norm / (total + 1e-6), max=1.0)
             for p in self.params.values():
                 p.grad.mul_(self._shape(clip, p))
-        self.decay.add_gradient_terms_()
-        self.decay.decay_(self.optimizer.param_groups[0]["lr"])
+        step = self.scheduler.last_epoch  # optimizer steps taken: the λ schedules' t
+        self.decay.add_gradient_terms_(step)
+        self.decay.decay_(self.optimizer.param_groups[0]["lr"], step, self.optimizer)
         self.optimizer.step()
         self.scheduler.step()
 
@@ -343,10 +345,13 @@ class StackedTrainer:
         total = (decay_sq + rest_sq).sqrt().tolist()
         lr = self.optimizer.param_groups[0]["lr"]
         rows = []
-        factors = self.decay.decay_factors(lr)
+        step = self.scheduler.last_epoch
+        factors = self.decay.decay_factors(lr, step, self.optimizer)
+        lambdas = self.decay.weight_decays(step)
         for k, factor in enumerate(factors):
             row = {"val_loss": val[k], "val_ppl": perplexity(val[k]), "train_eval_loss": train[k],
                    "gap": val[k] - train[k], "penalty": penalty[k], "decay_factor": factor,
+                   "weight_decay_t": lambdas[k],
                    "decay_norm": norms[0][k], "nodecay_norm": norms[1][k], "weight_norm": total[k]}
             if self.base.train.bleu_examples:
                 row.update(bleu_sample(self.replica_model(k), self.tokenizer,
@@ -370,7 +375,8 @@ class StackedTrainer:
         groups = copy.deepcopy(replica.groups)
         state: dict[int, dict[str, torch.Tensor]] = {}
         for group in groups:
-            group.update(lr=lr, initial_lr=self.base.train.lr)
+            # decay_step: the steps taken, which the Trainer's step hook counts (its λ schedule's t)
+            group.update(lr=lr, initial_lr=self.base.train.lr, decay_step=self.scheduler.last_epoch)
             for index, name in zip(group["params"], group["param_names"], strict=True):
                 slots = self.optimizer.state.get(self.params[name], {})
                 if slots:

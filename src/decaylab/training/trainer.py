@@ -130,12 +130,13 @@ class Trainer:
         # Training steps go through `self.forward`; checkpoints and evaluation use the plain module, whose
         # state dict has the same names either way (a compiled wrapper would prefix them with `_orig_mod.`).
         self.forward = compile_model(self.model, self.device) if cfg.compile else self.model
+        self.total_steps = total_steps(config, self.train_data)
         try:
             self.reg = Regularization(**config.regularization.model_dump())
-            self.optimizer = self.reg.optimizer(self.model, cfg.optimizer, lr=cfg.lr, **optimizer_kwargs(config))
+            self.optimizer = self.reg.optimizer(self.model, cfg.optimizer, lr=cfg.lr, total_steps=self.total_steps,
+                                                **optimizer_kwargs(config))
         except ValueError as exc:
             raise UserError(f"regularization: {exc}") from None
-        self.total_steps = total_steps(config, self.train_data)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_multiplier(cfg.schedule, cfg.warmup_steps, self.total_steps))
         self.n_params = count_parameters(self.model)
@@ -193,7 +194,7 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        """Validation and eval-mode training loss, perplexity, gap, norms and decay factor."""
+        """Validation and eval-mode training loss, perplexity, gap, norms, decay factor and λ_t."""
         precision = self.config.train.precision
         val_loss = corpus_loss(self.model, self.valid_eval, self.device, precision=precision)
         train_eval_loss = corpus_loss(self.model, self.train_eval, self.device, precision=precision)
@@ -201,7 +202,8 @@ class Trainer:
             penalty = float(self.reg.penalty(self.model))
         row = {"val_loss": val_loss, "val_ppl": perplexity(val_loss), "train_eval_loss": train_eval_loss,
                "gap": val_loss - train_eval_loss, "penalty": penalty,
-               "decay_factor": self.reg.decay_factor(self.optimizer)}
+               "decay_factor": self.reg.decay_factor(self.optimizer),
+               "weight_decay_t": self.reg.weight_decay_now(self.optimizer)}
         row.update(self.reg.norms(self.model))
         if self.config.train.bleu_examples:
             row.update(self.bleu_sample())
