@@ -100,8 +100,9 @@ def _checked(name: str, kind: Kind, verify: bool) -> BuiltinInfo:
     """A builtin dataset of the given kind, its shipped checksum verified; another kind is a one-line error."""
     info = get_builtin(name)
     if info.kind != kind:
+        model = "model.arch=decoder" if info.kind == "text" else "model.arch=rnn or transformer"
         raise UserError(f"data.name: builtin dataset {name!r} holds {KIND_WORDS[info.kind]} (kind {info.kind}), "
-                        f"not {KIND_WORDS[kind]}")
+                        f"not {KIND_WORDS[kind]}; it trains {model}")
     if verify and sha256_file(info.path) != info.sha256:
         raise UserError(f"{info.path}: checksum mismatch; the installed data file is damaged, reinstall decaylab")
     return info
