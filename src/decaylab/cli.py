@@ -368,11 +368,13 @@ def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the demo runs.")] = Path("runs/demo"),
     sets: SetOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    lm: Annotated[bool, typer.Option("--lm", help="Language modelling of Shakespeare's plays with the "
+                                     "decoder-only Transformer instead of translation with the GRU.")] = False,
 ) -> None:
-    """Train bible-en-es with λ = 0 and λ > 0 and print the comparison (a few minutes on 2 CPU cores)."""
-    from decaylab.demo import run_demo
+    """Train with λ = 0 and λ > 0 side by side and print the comparison (a few minutes on 2 CPU cores)."""
+    from decaylab.demo import DEMO_CONFIG, DEMO_LM_CONFIG, run_demo
 
-    run_demo(output, list(sets or []), quiet=quiet)
+    run_demo(output, list(sets or []), quiet=quiet, config=DEMO_LM_CONFIG if lm else DEMO_CONFIG)
 
 
 @app.command()
