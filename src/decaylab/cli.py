@@ -224,7 +224,7 @@ def audit(
 
 def _regularization(factory, cfg):
     try:
-        return factory(**cfg.regularization.model_dump())
+        return factory(**cfg.regularization.rule_settings())
     except ValueError as exc:
         raise UserError(f"regularization: {exc}") from None
 

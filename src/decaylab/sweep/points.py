@@ -85,7 +85,7 @@ def check_points(base: Config, points: list[Point], swept_modes: list[str]) -> N
         cfg = trial_config(base, point, swept_modes)
         toy = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
         # `exclude`/`multipliers` regexes name the real model's parameters, which the toy lacks.
-        settings = {**cfg.regularization.model_dump(), "exclude": [], "multipliers": {}}
+        settings = {**cfg.regularization.rule_settings(), "exclude": [], "multipliers": {}}
         try:
             reg = Regularization(**settings)
             kwargs: dict[str, Any] = ({"momentum": cfg.train.momentum} if cfg.train.optimizer == "sgd"
