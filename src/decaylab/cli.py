@@ -309,6 +309,10 @@ def sweep(
     lambdas: Annotated[str | None, typer.Option(help="log:LO:HI:N (log-spaced, inclusive) or a list 0,1e-4,1e-3 "
                                                 "(default: log:1e-5:1e-1:9); λ = 0 is added unless --no-zero.")]
     = None,
+    taus: Annotated[str | None, typer.Option(help="Sweep λ's EMA timescale τ in epochs instead of λ: log:LO:HI:N or "
+                                             "a list 1,2,4 (not with --lambdas); each trial derives its λ from τ, "
+                                             "the peak lr and its steps per epoch (see `decaylab recommend`); "
+                                             "λ = 0 (τ = ∞) is added unless --no-zero.")] = None,
     mode: Annotated[str | None, typer.Option(help="Comma list of " + ", ".join(SWEEPABLE) + " (a rule that is not "
                                              "a mode, like l1, sweeps its own strength with mode none) (default: "
                                              "the config's mode, else decoupled).")] = None,
@@ -391,7 +395,7 @@ def sweep(
                            dropouts=dropout, folds=folds, rule=rule, metric=metric, trials=trials, storage=storage,
                            study=study, join=join, workers=workers, eta=eta, min_epochs=min_epochs, pruner=pruner,
                            no_zero=no_zero or None, output=output, resume=resume, final=not no_final, quiet=quiet,
-                           vectorized=vectorized, replicas=replicas, seeds=seeds, overwrite=overwrite)
+                           vectorized=vectorized, replicas=replicas, seeds=seeds, overwrite=overwrite, taus=taus)
     except KeyboardInterrupt:
         typer.echo(f"interrupted; continue with `decaylab sweep --resume {resume or output}`", err=True)
         raise SystemExit(130) from None
