@@ -75,6 +75,11 @@ def test_tau_gives_a_per_step_decay_of_one_over_tau_iter_at_the_peak_lr(settings
     if "regularization.mode=decoupled" in settings:  # the factor the trainer records at each evaluation
         assert all(r["decay_factor"] == pytest.approx(1 - 1 / tau_iter, rel=1e-12) for r in rows)
 
+    from decaylab.report import collect, findings
+
+    headline = findings.run_verdict(collect.load_run(tmp_path / "run")).headline  # the run's report says both
+    assert f"τ = 3 epochs (λ = {written['weight_decay']:.4g})" in headline
+
     # the resolved config loads again (τ and λ together are not "both given") and resolves to the same λ
     reloaded = load_run_config(tmp_path / "run")
     again = resolve_timescale(reloaded, trainer.train_data)

@@ -257,9 +257,11 @@ def recommend(
     peak = cfg.train.lr
     taus = guideline_taus(run_epochs, points)
     echo = typer.echo
+    low, high = min(per_epoch_counts), max(per_epoch_counts)
+    spread = f"{low}" if low == high else f"{low}–{high}"  # bucketing cuts each epoch's batches a little differently
     echo(f"data {cfg.data.name}: {per_epoch:.6g} steps per epoch (mean of {len(per_epoch_counts)} epochs: "
-         f"{min(per_epoch_counts)}–{max(per_epoch_counts)} batches of ≤ {cfg.train.batch_tokens} padded tokens), "
-         f"{total} total steps = {run_epochs:.3g} epochs; peak lr η_max = {peak:g}")
+         f"{spread} batches of ≤ {cfg.train.batch_tokens} padded tokens), {total} total steps = {run_epochs:.3g} "
+         f"epochs; peak lr η_max = {peak:g}")
     echo(f"rule: {RULE}, at the peak lr ({SOURCE})")
     echo(f"guideline: {GUIDELINE} ({SOURCE}): τ from 1 to {run_epochs:.3g} epochs here")
     if run_epochs < 1:

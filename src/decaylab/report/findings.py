@@ -153,6 +153,8 @@ def run_verdict(run: RunData) -> Verdict:
     reg = run.regularization
     mode, lam = reg.get("mode", "?"), reg.get("weight_decay")
     headline = "no weight decay" if mode == "none" else f"{mode} λ = {fmt_lambda(lam)}"
+    if mode != "none" and finite(reg.get("tau_epochs")) and finite(lam):  # λ derived from the timescale τ
+        headline = f"{mode} τ = {reg['tau_epochs']:g} epochs (λ = {lam:.4g})"
     extras = [f"decay set {reg.get('decay_set', '?')}"]
     if finite(reg.get("l1")) and reg["l1"] > 0:
         extras.append(f"L1 λ₁ = {reg['l1']:g}")
