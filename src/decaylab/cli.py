@@ -1,4 +1,5 @@
-"""The `decaylab` command line: train, generate, evaluate, audit, data, demo, sweep (and report, from report/)."""
+"""The `decaylab` command line: train, generate, evaluate, audit, recommend, data, demo, sweep (and report, from
+report/)."""
 
 from __future__ import annotations
 
@@ -273,9 +274,77 @@ def audit(
     report.render(console=make_console())
 
 
+@app.command()
+def recommend(
+    config: ConfigOpt = None,
+    data: Annotated[str | None, typer.Option(help="Builtin dataset name or a TSV/JSONL file.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    max_examples: Annotated[int | None, typer.Option(help="Use at most this many training pairs.")] = None,
+    points: Annotated[int, typer.Option(help="τ values from one epoch to the whole run (log-spaced).")] = 5,
+    sets: SetOpt = None,
+) -> None:
+    """λ for EMA timescales τ from one epoch to the whole run (Wang & Aitchison 2025), from the run's step count."""
+    from decaylab.config import build_run_config
+    from decaylab.data.prepare import run_steps
+    from decaylab.regularization.rules import DECAY_SCALINGS
+    from decaylab.regularization.timescale import (
+        GUIDELINE,
+        RULE,
+        SOURCE,
+        guideline_taus,
+        lambda_for_tau,
+        tau_for_lambda,
+        timescale_formula,
+        timescale_problem,
+    )
+
+    _at_least("recommend", "--points", points, 2)
+    cfg = build_run_config(config, sets, **{"data.name": data, "train.epochs": epochs, "train.lr": lr,
+                                            "data.max_examples": max_examples})
+    per_epoch_counts, total = run_steps(cfg)  # the data, tokenizer and batching of a run; no model
+    per_epoch = sum(per_epoch_counts) / len(per_epoch_counts)
+    run_epochs = total / per_epoch
+    peak = cfg.train.lr
+    taus = guideline_taus(run_epochs, points)
+    echo = typer.echo
+    low, high = min(per_epoch_counts), max(per_epoch_counts)
+    spread = f"{low}" if low == high else f"{low}–{high}"  # bucketing cuts each epoch's batches a little differently
+    echo(f"data {cfg.data.name}: {per_epoch:.6g} steps per epoch (mean of {len(per_epoch_counts)} epochs: "
+         f"{spread} batches of ≤ {cfg.train.batch_tokens} padded tokens), {total} total steps = {run_epochs:.3g} "
+         f"epochs; peak lr η_max = {peak:g}")
+    echo(f"rule: {RULE}, at the peak lr ({SOURCE})")
+    echo(f"guideline: {GUIDELINE} ({SOURCE}): τ from 1 to {run_epochs:.3g} epochs here")
+    if run_epochs < 1:
+        echo("note: the run is shorter than one epoch, so the guideline's two ends cross")
+    from rich.table import Table
+
+    table = Table(title="λ that gives each timescale τ (decoupled decay, per decay_scaling)")
+    for column in ("τ (epochs)", "τ (steps)", *(f"λ, {s}: {timescale_formula(s)}" for s in DECAY_SCALINGS)):
+        table.add_column(column, justify="right")
+    for tau in taus:
+        lams = [lambda_for_tau(tau, per_epoch, scaling, peak) for scaling in DECAY_SCALINGS]
+        table.add_row(f"{tau:g}", f"{lams[0][1]:,.0f}", *(f"{lam:.4g}" for lam, _ in lams))
+    make_console().print(table)
+    reg = cfg.regularization
+    problem = timescale_problem(reg.mode, cfg.train.optimizer, cfg.train.momentum)
+    grid = f"log:{taus[0]:g}:{taus[-1]:g}:{len(taus)}"
+    if problem is None:
+        now = ""
+        if reg.tau_epochs is None and reg.weight_decay > 0:
+            now = (f"; its λ = {reg.weight_decay:g} gives τ = "
+                   f"{tau_for_lambda(reg.weight_decay, per_epoch, reg.decay_scaling, peak):.3g} epochs")
+        echo(f"this config (mode {reg.mode}, decay_scaling {reg.decay_scaling}): its column is "
+             f"{reg.decay_scaling}{now}; set τ itself with --set regularization.tau_epochs=T, or sweep it with "
+             f"`decaylab sweep --taus {grid}`")
+    else:
+        echo(f"this config (mode {reg.mode}): τ does not apply ({problem}); sweep decoupled decay over this span "
+             f"with `decaylab sweep --mode decoupled --taus {grid}`")
+
+
 def _regularization(factory, cfg):
     try:
-        return factory(**cfg.regularization.model_dump())
+        return factory(**cfg.regularization.rule_settings())
     except ValueError as exc:
         raise UserError(f"regularization: {exc}") from None
 
@@ -385,6 +454,10 @@ def sweep(
     lambdas: Annotated[str | None, typer.Option(help="log:LO:HI:N (log-spaced, inclusive) or a list 0,1e-4,1e-3 "
                                                 "(default: log:1e-5:1e-1:9); λ = 0 is added unless --no-zero.")]
     = None,
+    taus: Annotated[str | None, typer.Option(help="Sweep λ's EMA timescale τ in epochs instead of λ: log:LO:HI:N or "
+                                             "a list 1,2,4 (not with --lambdas); each trial derives its λ from τ, "
+                                             "the peak lr and its steps per epoch (see `decaylab recommend`); "
+                                             "λ = 0 (τ = ∞) is added unless --no-zero.")] = None,
     mode: Annotated[str | None, typer.Option(help="Comma list of " + ", ".join(SWEEPABLE) + " (a rule that is not "
                                              "a mode, like l1, sweeps its own strength with mode none) (default: "
                                              "the config's mode, else decoupled).")] = None,
@@ -467,7 +540,7 @@ def sweep(
                            dropouts=dropout, folds=folds, rule=rule, metric=metric, trials=trials, storage=storage,
                            study=study, join=join, workers=workers, eta=eta, min_epochs=min_epochs, pruner=pruner,
                            no_zero=no_zero or None, output=output, resume=resume, final=not no_final, quiet=quiet,
-                           vectorized=vectorized, replicas=replicas, seeds=seeds, overwrite=overwrite)
+                           vectorized=vectorized, replicas=replicas, seeds=seeds, overwrite=overwrite, taus=taus)
     except KeyboardInterrupt:
         typer.echo(f"interrupted; continue with `decaylab sweep --resume {resume or output}`", err=True)
         raise SystemExit(130) from None

@@ -31,6 +31,7 @@ from decaylab.regularization.rules import (
     WEIGHT_DECAY_SCHEDULE_NAMES,
     check_settings,
 )
+from decaylab.regularization.timescale import timescale_problem
 
 
 class Section(BaseModel):
@@ -286,8 +287,21 @@ class TrainConfig(Section):
         return value
 
 
+class TimescaleRecord(Section):
+    """How a run derived `weight_decay` from `tau_epochs` (written into its config.yaml; see docs/regularization.md)."""
+
+    steps_per_epoch: float = Field(gt=0, description="optimizer steps per epoch (mean over the run's epochs)")
+    tau_iter: float = Field(gt=0, description="tau_epochs × steps_per_epoch: the timescale in steps")
+    peak_lr: float = Field(gt=0, description="train.lr, the schedule's peak η_max")
+    rule: str = Field(description="the derivation under the decay scaling, e.g. λ = 1/(η_max·τ_iter)")
+
+
+# Fields a run resolves into `weight_decay` (data/prepare.py `resolve_timescale`); not arguments of `Regularization`.
+TIMESCALE_FIELDS = ("tau_epochs", "timescale")
+
+
 class RegularizationConfig(Section):
-    """Maps 1:1 onto `decaylab.regularization.Regularization` (see docs/regularization.md)."""
+    """Maps 1:1 onto `decaylab.regularization.Regularization` (see docs/regularization.md), plus λ's timescale."""
 
     # the allowed values are the rule registry's (decaylab.regularization.rules)
     mode: Literal[MODES] = "none"  # type: ignore[valid-type]
@@ -302,9 +316,30 @@ class RegularizationConfig(Section):
         "constant", description="λ_t = λ·ρ(t) over the run (constant, linear or cosine to zero)")
     weight_decay_warmup_steps: int = Field(0, ge=0, description="λ ramps linearly up to λ over this many steps")
 
+    tau_epochs: float | None = Field(
+        None, gt=0, description="λ through its EMA timescale in epochs (Wang & Aitchison 2025), instead of "
+                                "weight_decay: the run derives weight_decay from it, the peak lr and its steps per "
+                                "epoch")
+    timescale: TimescaleRecord | None = Field(
+        None, description="written by the run that derived weight_decay from tau_epochs; not set by hand")
+
+    @model_validator(mode="after")
+    def _tau_or_weight_decay(self) -> RegularizationConfig:
+        if self.tau_epochs is None and self.timescale is not None:
+            raise ValueError("regularization.timescale records how a run derived weight_decay from "
+                             "regularization.tau_epochs; without tau_epochs it has no meaning (remove it)")
+        if self.tau_epochs is not None and self.timescale is None and self.weight_decay > 0:
+            raise ValueError(f"regularization.tau_epochs={self.tau_epochs:g} and regularization.weight_decay="
+                             f"{self.weight_decay:g} both set λ; give one of them")
+        return self
+
+    def rule_settings(self) -> dict[str, Any]:
+        """The `Regularization(**…)` arguments: every field but the timescale's (a run turns those into λ)."""
+        return self.model_dump(exclude=set(TIMESCALE_FIELDS))
+
     @model_validator(mode="after")
     def _combination_means_something(self) -> RegularizationConfig:
-        check_settings(self.model_dump())  # the registry's rule: one line naming the fields
+        check_settings(self.rule_settings())  # the registry's rule: one line naming the fields
         return self
 
 
@@ -364,6 +399,15 @@ class Config(Section):
         if self.model.output == "adaptive" and self.train.label_smoothing:
             raise ValueError("train.label_smoothing needs the full distribution at every target; it is not "
                              "supported with model.output=adaptive (use 0)")
+        return self
+
+    @model_validator(mode="after")
+    def _timescale_has_a_meaning(self) -> Config:
+        reg = self.regularization
+        if reg.tau_epochs is not None:
+            problem = timescale_problem(reg.mode, self.train.optimizer, self.train.momentum)
+            if problem is not None:
+                raise ValueError(f"regularization.tau_epochs: {problem}")
         return self
 
     @property

@@ -1,4 +1,5 @@
-"""A run's data made ready to train on: encoded splits, the fixed evaluation subsets, and the batches of each epoch."""
+"""A run's data made ready to train on: encoded splits, the fixed evaluation subsets, the batches of each epoch, and
+the λ that `regularization.tau_epochs` gives on them."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import random
 
 from tokenizers import Tokenizer
 
-from decaylab.config import Config
+from decaylab.config import Config, build_config, config_to_dict
 from decaylab.data.batching import EncodedPairs
 from decaylab.data.blocks import EncodedBlocks, encode_documents
-from decaylab.data.splits import Splits
-from decaylab.data.tokenizer import encode
+from decaylab.data.splits import Splits, load_splits
+from decaylab.data.tokenizer import encode, train_tokenizer
 from decaylab.errors import UserError
+from decaylab.regularization.timescale import lambda_for_tau, timescale_formula
 
 # A split as the trainers, evaluation and scoring see it: pairs, or (a language model's) blocks of running text.
 Encoded = EncodedPairs | EncodedBlocks
@@ -55,9 +57,54 @@ def epoch_groups(config: Config, train: Encoded, epoch: int) -> list[list[int]]:
     return train.groups(cfg.batch_tokens, cfg.max_batch_size, seed=config.order_seed * 100_003 + epoch)
 
 
-def total_steps(config: Config, train: Encoded) -> int:
+def epoch_steps(config: Config, train: Encoded) -> list[int]:
+    """Batches (optimizer steps) of each of the run's `train.epochs` epochs; bucketing makes them differ slightly."""
+    return [len(epoch_groups(config, train, e)) for e in range(config.train.epochs)]
+
+
+def total_steps(config: Config, train: Encoded, per_epoch: list[int] | None = None) -> int:
     """Optimizer steps of the whole run (`train.max_steps`, else every epoch's batches): the schedule's length."""
-    return config.train.max_steps or sum(len(epoch_groups(config, train, e)) for e in range(config.train.epochs))
+    return config.train.max_steps or sum(epoch_steps(config, train) if per_epoch is None else per_epoch)
+
+
+def steps_per_epoch(config: Config, train: Encoded, per_epoch: list[int] | None = None) -> float:
+    """The run's mean optimizer steps per epoch (over its `train.epochs` epochs): τ_epoch's unit of steps."""
+    counts = epoch_steps(config, train) if per_epoch is None else per_epoch
+    if not sum(counts):
+        raise UserError("the training split gives no batches, so an epoch has no steps to count")
+    return sum(counts) / len(counts)
+
+
+def resolve_timescale(config: Config, train: Encoded) -> Config:
+    """The config with `regularization.weight_decay` derived from `tau_epochs` on this training data (and how, in
+    `regularization.timescale`); the config itself when `tau_epochs` is unset.
+
+    λ = 1/(c_peak·τ_iter) with τ_iter = tau_epochs × steps per epoch and c_peak the decay scaling's c_t at the peak
+    lr (regularization/timescale.py). A resolved config resolves again to the same λ on the same data.
+    """
+    reg = config.regularization
+    if reg.tau_epochs is None:
+        return config
+    per_epoch = steps_per_epoch(config, train)
+    lam, tau_iter = lambda_for_tau(reg.tau_epochs, per_epoch, reg.decay_scaling, config.train.lr)
+    raw = config_to_dict(config)
+    raw["regularization"].update(weight_decay=lam, timescale={
+        "steps_per_epoch": per_epoch, "tau_iter": tau_iter, "peak_lr": config.train.lr,
+        "rule": timescale_formula(reg.decay_scaling)})
+    return build_config(raw, origin="regularization.tau_epochs")
+
+
+def run_steps(config: Config, splits: Splits | None = None, tokenizer: Tokenizer | None = None
+              ) -> tuple[list[int], int]:
+    """(steps of each epoch, total steps) of a run of `config`, from its data, tokenizer and batching alone (the
+    tokenizer trained on the training split as a run trains it, unless given); no model is built."""
+    splits = splits if splits is not None else load_splits(config.data)
+    if tokenizer is None:
+        tokenizer = train_tokenizer([p.source for p in splits.train] + [p.target for p in splits.train],
+                                    config.tokenizer)
+    train = encode_split(config, tokenizer, splits.train)
+    per_epoch = epoch_steps(config, train)
+    return per_epoch, total_steps(config, train, per_epoch)
 
 
 def longest_source(data: Encoded) -> int | None:

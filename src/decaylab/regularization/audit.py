@@ -10,6 +10,7 @@ from torch import nn
 
 from .decay_set import DecayPlan, build_plan, show_regex
 from .rules import RULES, WEIGHT_DECAY_SCHEDULES, Acts, decay_set_names
+from .timescale import peak_coefficient
 
 # Usual ranges of λ are each rule's `usual_range` (rules.py); outside them a value is more likely a units mistake
 # than a choice. coupled / l2: the penalty gradient λ·w competes with the loss gradient directly. decoupled + lr:
@@ -138,13 +139,11 @@ def build_audit(
 
     tau_steps = None
     # SWD's per-step decay is divided by √mean(v̂), known only once training runs: no τ from the settings
-    if rule.acts is Acts.DECOUPLED and lam > 0 and rule.reads != "second_moment":
-        # decoupled decay makes the weights an EMA of their updates with timescale 1/(per-step
-        # decay) (Wang & Aitchison 2024); with schedule scaling the peak per-step decay is λ itself
-        if decay_scaling == "schedule":
-            tau_steps = 1.0 / lam
-        elif lr is not None:
-            tau_steps = 1.0 / (lr * lam)
+    if (rule.acts is Acts.DECOUPLED and lam > 0 and rule.reads != "second_moment"
+            and (lr is not None or decay_scaling == "schedule")):
+        # decoupled decay makes the weights an EMA of their updates with timescale 1/(per-step decay) at the peak
+        # lr (timescale.py, Wang & Aitchison 2025); `schedule`'s peak decay is λ itself, whatever the lr
+        tau_steps = 1.0 / (peak_coefficient(decay_scaling, lr or 1.0) * lam)
     tau_epochs = tau_steps / steps_per_epoch if tau_steps is not None and steps_per_epoch else None
 
     summary: dict[str, Any] = {

@@ -99,6 +99,8 @@ class DecayScaling:
     formula: str
     coefficient: Callable[[float, float], float]  # (lr_t, peak_lr) -> c_t
     varies: bool = False  # c_t / lr_t changes during the run: torch's group weight_decay is updated every step
+    # c_t at the schedule's peak as text, for the timescale rule λ = 1/(c_peak·τ_iter) (timescale.py)
+    at_peak: str = "c_peak"
 
     def torch_factor(self, lr: float, peak: float) -> float:
         """The factor f on λ such that torch's decay lr_t·(λ·f) is c_t·λ (at lr_t = `lr`)."""
@@ -108,11 +110,11 @@ class DecayScaling:
 DECAY_SCALING_RULES: dict[str, DecayScaling] = {
     s.name: s
     for s in (
-        DecayScaling("lr", "c_t = η_t (torch AdamW)", lambda lr, peak: lr),
-        DecayScaling("schedule", "c_t = η_t/η_max (Loshchilov & Hutter)", lambda lr, peak: lr / peak),
+        DecayScaling("lr", "c_t = η_t (torch AdamW)", lambda lr, peak: lr, at_peak="η_max"),
+        DecayScaling("schedule", "c_t = η_t/η_max (Loshchilov & Hutter)", lambda lr, peak: lr / peak, at_peak="1"),
         # AdamC / corrected decay (Defazio 2025), on every decayed parameter as timm's `adamc`
         DecayScaling("corrected", "c_t = η_t²/η_max (AdamC, Defazio 2025)", lambda lr, peak: lr * lr / peak,
-                     varies=True),
+                     varies=True, at_peak="η_max"),
     )
 }
 DECAY_SCALINGS: tuple[str, ...] = tuple(DECAY_SCALING_RULES)
@@ -185,6 +187,10 @@ class Rule:
     # one is applied by its `replica_kernel` in both engines: a step pre-hook (optim.py) in the single model,
     # ReplicaDecay in the stack.
     reads: str | None = None
+    # λ has an EMA timescale τ_iter = 1/(c_t·λ) (`regularization.tau_epochs`, timescale.py): a step multiplies the
+    # decayed weights by 1 − c_t·λ (a DECOUPLED rule; a GRADIENT rule only under plain SGD without momentum).
+    # False (the default, so a new rule is refused until someone shows it has one): τ is refused with the reason.
+    timescale: bool = False
 
     def kernel(self, kind: str) -> Callable[..., Any]:
         """The kernel function registered as `kind` (penalty, replica_kernel, replica_penalty)."""
@@ -244,11 +250,11 @@ RULES: dict[str, Rule] = {
              "coupled (λw in the gradient)", "#d62728", optimizers=("sgd", "adam"),
              optimizer_hint="that optimizer applies weight decay decoupled from the gradient; use "
                             "mode='decoupled' with it, or optimizer 'sgd'/'adam' for coupled decay",
-             usual_range={"": (1e-5, 1e-1)}, replica_kernel="add_l2_gradient_"),
+             usual_range={"": (1e-5, 1e-1)}, replica_kernel="add_l2_gradient_", timescale=True),
         Rule("decoupled", Acts.DECOUPLED, "weight_decay", True, "w ← w − c_t·λ·m·w before the update (AdamW)",
              "decoupled (AdamW-style)", "#1f77b4",
              usual_range={"lr": (1e-4, 1.0), "schedule": (1e-6, 1e-2), "corrected": (1e-4, 1.0)},
-             replica_kernel="decoupled_decay_"),
+             replica_kernel="decoupled_decay_", timescale=True),
         # Chen et al. 2025 (arXiv 2510.12402), Algorithm 1: decay only where the update and the weight agree in
         # sign. Not timm's `caution` (Liang et al. 2024), which masks the update and leaves the decay alone.
         Rule("cautious", Acts.DECOUPLED, "weight_decay", True,

@@ -19,7 +19,7 @@ def audit_run(run: Path, history: list[dict[str, Any]] | None = None) -> dict[st
         config = load_run_config(run)
         vocab = load_tokenizer(RunPaths(Path(run)).tokenizer).get_vocab_size()
         model = build_model(config.model, vocab)  # the decay plan depends on the structure, not on the weights
-        reg = Regularization(**config.regularization.model_dump())
+        reg = Regularization(**config.regularization.rule_settings())
         steps, per_epoch = _steps(history or [])
         report = reg.audit(model, optimizer_name=config.train.optimizer, lr=config.train.lr, steps=steps,
                            steps_per_epoch=per_epoch)

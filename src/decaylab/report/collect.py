@@ -123,6 +123,7 @@ class Point:
     rows: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     status: str = "done"
+    tau: float | None = None  # a τ sweep's point: the timescale in epochs that gave λ
 
     @property
     def key(self) -> tuple[str, float, float | None]:
@@ -140,8 +141,12 @@ class Point:
         return self.stats.get(name, (None, None))[1]
 
     def label(self) -> str:
-        """Human name, e.g. `decoupled λ=0.001` or `λ=0 (no decay)`."""
-        return "λ = 0 (no decay)" if self.mode == "none" else f"{self.mode} λ = {self.lam:g}"
+        """Human name, e.g. `decoupled λ=0.001`, `decoupled τ = 2 epochs (λ = 0.1)` or `λ=0 (no decay)`."""
+        if self.mode == "none":
+            return "λ = 0 (no decay)"
+        if self.tau is not None:
+            return f"{self.mode} τ = {self.tau:g} epochs (λ = {self.lam:.4g})"
+        return f"{self.mode} λ = {self.lam:g}"
 
 
 def trial_value(row: dict[str, Any], name: str) -> float | None:
@@ -174,7 +179,10 @@ def build_points(rows: list[dict[str, Any]], table: list[dict[str, Any]] | None)
         if not finite(row.get("lambda")):
             continue
         key = (str(row.get("mode", "none")), float(row["lambda"]), row.get("dropout"))
-        points.setdefault(key, Point(*key)).rows.append(row)
+        point = points.setdefault(key, Point(*key))
+        point.rows.append(row)
+        if finite(row.get("tau")):
+            point.tau = float(row["tau"])
     statuses = {(str(e.get("mode")), float(e.get("lambda", 0.0)), e.get("dropout")): e.get("status")
                 for e in (table or []) if finite(e.get("lambda"))}
     for point in points.values():
@@ -203,6 +211,11 @@ class SweepData:
         """The sweep's settings (strategy, lambdas, modes, folds, rule, metric …) as recorded."""
         spec = self.record.get("spec")
         return dict(spec) if isinstance(spec, dict) else dict(self.record)
+
+    @property
+    def taus(self) -> bool:
+        """True for a sweep of λ's timescale τ (`--taus`): its points show τ beside λ."""
+        return self.spec.get("taus") is not None
 
     @property
     def chosen_info(self) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def sweep_verdict(sweep: SweepData, test: dict[str, Any] | None, sample_chrf: li
         return Verdict("No λ chosen yet", f"{len(sweep.rows)} trial(s) recorded; summary.json is not written "
                        "(the sweep is unfinished or failed): the plots show what has finished so far.")
     headline = ("λ = 0: no weight decay is best" if chosen.lam == 0
-                else f"{chosen.mode} λ = {fmt_lambda(chosen.lam)}")
+                else chosen.label() if chosen.tau is not None else f"{chosen.mode} λ = {fmt_lambda(chosen.lam)}")
     if chosen.dropout is not None and len({p.dropout for p in sweep.points}) > 1:
         headline += f", dropout {chosen.dropout:g}"
     subline = (f"chosen by {RULES.get(sweep.rule, sweep.rule)} on {METRIC_NAMES.get(metric, metric)}; "
@@ -153,6 +153,8 @@ def run_verdict(run: RunData) -> Verdict:
     reg = run.regularization
     mode, lam = reg.get("mode", "?"), reg.get("weight_decay")
     headline = "no weight decay" if mode == "none" else f"{mode} λ = {fmt_lambda(lam)}"
+    if mode != "none" and finite(reg.get("tau_epochs")) and finite(lam):  # λ derived from the timescale τ
+        headline = f"{mode} τ = {reg['tau_epochs']:g} epochs (λ = {lam:.4g})"
     extras = [f"decay set {reg.get('decay_set', '?')}"]
     if finite(reg.get("l1")) and reg["l1"] > 0:
         extras.append(f"L1 λ₁ = {reg['l1']:g}")
@@ -210,7 +212,9 @@ def table(rows: list[dict[str, Any]], columns: list[Column]) -> dict[str, Any]:
             "rows": [{"cells": [cell(r, c) for c in used], "mark": r.get("_mark", "")} for r in rows]}
 
 
-TRIAL_COLUMNS = [Column("trial", "trial", None, False), Column("mode", "mode", None, False),
+# A τ sweep's timescale (epochs) beside λ; λ sweeps have no τ, so the column is left out.
+TAU_COLUMN = Column("tau", "τ (epochs)", 0)
+TRIAL_COLUMNS = [Column("trial", "trial", None, False), Column("mode", "mode", None, False), TAU_COLUMN,
                  Column("lambda", "λ", 0), Column("dropout", "dropout", 0), Column("fold", "fold", None),
                  Column("seed", "seed", None), Column("rung", "rung", None), Column("epochs", "epochs", 0),
                  Column("best_epoch", "best epoch", 0),
@@ -227,8 +231,15 @@ def trials_table(sweep: SweepData) -> dict[str, Any]:
         mark = ""
         if chosen is not None and (row.get("mode"), row.get("lambda"), row.get("dropout")) == chosen.key:
             mark = "chosen"
-        rows.append({**row, "_mark": mark})
+        rows.append({**row, "tau": row.get("tau", "∞" if sweep.taus else None), "_mark": mark})
     return table(rows, TRIAL_COLUMNS)
+
+
+def tau_cell(sweep: SweepData, point: Point) -> float | str | None:
+    """A point's τ in epochs for a table: ∞ for the λ = 0 baseline of a τ sweep, nothing in a λ sweep."""
+    if point.tau is not None:
+        return point.tau
+    return "∞" if sweep.taus else None
 
 
 def points_table(sweep: SweepData) -> dict[str, Any]:
@@ -244,12 +255,13 @@ def points_table(sweep: SweepData) -> dict[str, Any]:
             marks.append("lowest mean" if sweep.metric not in HIGHER_IS_BETTER else "highest mean")
         if p.key in band and sweep.repeats > 1:
             marks.append("within 1 SE")
-        rows.append({"mode": p.mode, "lambda": p.lam, "dropout": p.dropout,
+        rows.append({"mode": p.mode, "tau": tau_cell(sweep, p), "lambda": p.lam, "dropout": p.dropout,
                      "selection": pm(p.mean(name), p.se(name)), "train_loss": p.mean("train_loss"),
                      "gap": p.mean("gap"), "bleu": p.mean("bleu"), "chrf": p.mean("chrf"), "n": p.n_done,
                      "status": p.status, "marks": ", ".join(marks),
                      "_mark": "chosen" if chosen is not None and p.key == chosen.key else ""})
-    columns = [Column("mode", "mode", None, False), Column("lambda", "λ", 0), Column("dropout", "dropout", 0),
+    columns = [Column("mode", "mode", None, False), TAU_COLUMN, Column("lambda", "λ", 0),
+               Column("dropout", "dropout", 0),
                Column("selection", f"{METRIC_NAMES.get(sweep.metric, sweep.metric)} (mean ± SE)", None),
                Column("train_loss", "train loss"), Column("gap", "gap"), Column("bleu", "BLEU", 2),
                Column("chrf", "chrF", 2), Column("n", "folds done", None), Column("status", "status", None, False),

@@ -192,6 +192,19 @@ def _mark_choice(ax: Any, sweep: SweepData, name: str, axis: LambdaAxis, selecti
                 ls="none", zorder=7, label=f"chosen λ = {chosen.lam:g} ({sweep.rule})")
 
 
+def _tau_axis(ax: Any, sweep: SweepData, axis: LambdaAxis) -> None:
+    """A τ sweep's second axis on top: each point's timescale in epochs at the λ it gave (∞ at λ = 0)."""
+    ticks = {axis.x(p.lam): f"{p.tau:g}" for p in sweep.points if p.tau is not None}
+    if not ticks:
+        return
+    if any(p.lam == 0 for p in sweep.points):
+        ticks[axis.zero] = "∞"
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(list(ticks), list(ticks.values()))
+    top.xaxis.set_minor_locator(NullLocator())
+    top.set_xlabel("τ (epochs): the swept timescale that gave λ", fontsize=9)
+
+
 @styled
 def u_curve(sweep: SweepData) -> Figure:
     """Validation and training loss against λ, a zoom on the validation loss, BLEU/chrF when present; choice marked.
@@ -214,6 +227,7 @@ def u_curve(sweep: SweepData) -> Figure:
         axis.apply(ax)
         ax.set_ylabel("loss (nats/token)" if ax is main else METRIC_LABELS[name].split(" (")[0])
     main.set_title(f"validation and training loss against λ ({spread})")
+    _tau_axis(main, sweep, axis)
     for ax, name in zip(side, side_metrics, strict=True):
         ax.set_title("validation loss on its own scale" if name == "best_val_loss"
                      else f"{METRIC_LABELS[name]} on the validation sample", fontsize=9)

@@ -21,7 +21,8 @@ PLOTS_DIR = "plots"
 # Every figure a report can draw; a re-run removes those of this list it no longer draws (never other files).
 FIGURE_NAMES = ("u_curve", "learning_curves", "weight_norms", "layer_norms", "gap")
 SUMMARY_LABELS = {"compute_s": "training compute, s (trials + final)", "wall_s": "sweep wall time, s",
-                  "trials": "trial rows", "engine": "training engine (sequential runs or stacked replicas)"}
+                  "trials": "trial rows", "engine": "training engine (sequential runs or stacked replicas)",
+                  "steps_per_epoch": "steps per epoch of the training split (τ → λ)"}
 
 
 @dataclass
@@ -79,7 +80,9 @@ def sweep_page(sweep: collect.SweepData, figures: Figures, n_samples: int) -> di
                 "Solid: validation loss at each trial's best epoch (mean ± standard error over folds or seeds); "
                 "dashed: eval-mode training loss at that epoch, so the vertical distance is the generalization gap. "
                 "The star is the chosen λ; the shaded band is one standard error above the best mean (the 1-SE "
-                "rule picks the largest λ inside it). λ = 0 sits at the left edge, past the axis break.")
+                "rule picks the largest λ inside it). λ = 0 sits at the left edge, past the axis break."
+                + (" The top axis gives each point's EMA timescale τ in epochs, the swept value that gave its λ."
+                   if sweep.taus else ""))
     models = [("λ = 0", base_run, plots.mode_color("none"))] if base_run is not None else []
     if comp_run is not None and compared is not None:
         tag = "chosen" if sweep.chosen is not None and compared.key == sweep.chosen.key else "best λ > 0"

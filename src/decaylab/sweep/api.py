@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -13,7 +14,7 @@ from decaylab.config import Config, apply_overrides, build_config, config_to_dic
 from decaylab.errors import UserError, WriteError
 from decaylab.regularization.rules import DECAY_MODES
 from decaylab.runfolder.lock import LOCK_FILE, FolderLock, check_free, folder_problem
-from decaylab.sweep.points import Point, check_points, grid_points
+from decaylab.sweep.points import Point, check_points, grid_points, with_lambdas
 from decaylab.sweep.selection import build_table, choose, compute_seconds
 from decaylab.sweep.spec import SweepSpec, build_spec
 from decaylab.sweep.store import RECORD_VERSION, SweepClock, SweepStore, TrialBook
@@ -55,9 +56,12 @@ def _default_mode(base: Config) -> str:
 
 def _spec_args(spec: SweepSpec) -> dict[str, Any]:
     """build_spec arguments that reproduce `spec` (to overlay the options given on a resume)."""
-    args: dict[str, Any] = {"strategy": spec.strategy, "lambdas": spec.lambdas, "modes": spec.modes,
-                            "dropouts": spec.dropouts, "rule": spec.rule, "metric": spec.metric,
-                            "no_zero": not spec.zero}
+    args: dict[str, Any] = {"strategy": spec.strategy, "modes": spec.modes, "dropouts": spec.dropouts,
+                            "rule": spec.rule, "metric": spec.metric, "no_zero": not spec.zero}
+    if spec.taus is not None:
+        args["taus"] = spec.taus
+    else:
+        args["lambdas"] = spec.lambdas
     if spec.strategy == "cv":
         args["folds"] = spec.folds
     if spec.seeds is not None:
@@ -94,8 +98,12 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
           workers: int = 1, eta: int | None = None, min_epochs: int | None = None, pruner: str | None = None,
           no_zero: bool | None = None, output: str | Path | None = None, resume: str | Path | None = None,
           final: bool = True, quiet: bool = True, vectorized: bool = False, replicas: int | None = None,
-          seeds: int | None = None, runner: TrialRunner = run_trials, overwrite: bool = False) -> SweepResult:
+          seeds: int | None = None, runner: TrialRunner = run_trials, overwrite: bool = False,
+          taus: str | Sequence[float] | None = None) -> SweepResult:
     """Choose λ on evidence (grid, cv, optuna or halving); see docs/sweeps.md. Bad input raises UserError.
+
+    `taus` sweeps λ's EMA timescale τ in epochs instead of λ (`log:LO:HI:N` or a list; not with `lambdas`): each
+    trial derives its λ from τ on the data it trains on, and the table shows both (docs/regularization.md).
 
     The process that runs the sweep (not a `join` worker) owns its folder (runfolder/lock.py) while it runs; every
     trial's folder is owned by the process that trains it. A new sweep in a folder that holds one is refused
@@ -116,7 +124,7 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
                         f"{'--resume' if resume is not None else '--join'}")
     given = {"strategy": strategy, "lambdas": lambdas, "modes": modes, "dropouts": dropouts, "folds": folds,
              "rule": rule, "metric": metric, "trials": trials, "storage": storage, "study": study, "eta": eta,
-             "min_epochs": min_epochs, "pruner": pruner, "no_zero": no_zero, "seeds": seeds}
+             "min_epochs": min_epochs, "pruner": pruner, "no_zero": no_zero, "seeds": seeds, "taus": taus}
     given = {k: v for k, v in given.items() if v is not None}
     stored: dict[str, Any] | None = None
     if resume is not None:
@@ -129,6 +137,8 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
             raise UserError(f"{store.root}: this sweep was started with --strategy {stored['spec']['strategy']}, "
                             f"not {given['strategy']}; resume it with its own settings or start a new sweep")
         args = {**_spec_args(SweepSpec(**stored["spec"])), **given}
+        if "lambdas" in given or "taus" in given:  # the axis given on a resume replaces the stored one
+            args.pop("taus" if "lambdas" in given else "lambdas", None)
         spec = build_spec(**{k: v for k, v in args.items() if k != "no_zero"}, no_zero=bool(args.get("no_zero")),
                           join=join, default_mode=_default_mode(base))
     else:
@@ -200,8 +210,19 @@ def _validate(spec: SweepSpec, base: Config, store: SweepStore, stored: dict[str
 
     if spec.min_epochs is not None and spec.min_epochs >= base.train.epochs:
         raise UserError(f"--min-epochs: must be below train.epochs ({base.train.epochs}), got {spec.min_epochs}")
-    points = grid_points(spec, base) if spec.strategy != "optuna" else [
-        Point(mode, spec.lambda_range[0], base.model.dropout) for mode in spec.modes]
+    if spec.taus is not None:
+        from decaylab.regularization.timescale import timescale_problem
+
+        for mode in spec.modes:
+            problem = timescale_problem(mode, base.train.optimizer, base.train.momentum)
+            if problem is not None:
+                raise UserError(f"--taus: {problem}")
+    if spec.strategy != "optuna":
+        points = grid_points(spec, base)
+    elif spec.taus is not None:
+        points = [Point(mode, math.nan, base.model.dropout, spec.tau_range[0]) for mode in spec.modes]
+    else:
+        points = [Point(mode, spec.lambda_range[0], base.model.dropout) for mode in spec.modes]
     check_points(base, points, spec.modes)
     splits = load_splits(base.data)
     folds = fold_indices(len(splits.train), spec.folds, base.seed) if spec.strategy == "cv" else None
@@ -254,6 +275,12 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
     clock = None if join else SweepClock(store, started)  # a joiner's time is its leader's
     say(f"sweep {store.root}: {spec.strategy}, {plan.splits.sizes()} pairs")
     shared = prepare_shared(store.shared, base, plan.splits)
+    per_epoch = None
+    if spec.taus is not None:  # each τ point's λ on the training split (the one the grid and the final train on)
+        from decaylab.data.prepare import encode_pairs, steps_per_epoch
+
+        per_epoch = steps_per_epoch(base, encode_pairs(shared.tokenizer, plan.splits.train))
+        plan.points = with_lambdas(plan.points, base, spec.modes, per_epoch)
     ctx = TrialContext(str(store.root.resolve()), config_to_dict(base), spec.modes,
                        plan.record["data_fingerprint"], plan.folds)
     book = TrialBook(store)
@@ -275,7 +302,10 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
         settings = {"storage": plan.storage, "study": spec.study, "trials": spec.trials,
                     "metric": spec.metric, "pruner": spec.pruner, "seed": None if join else base.seed,
                     "zero": spec.zero, "modes": spec.modes, "dropouts": spec.dropouts,
-                    "base_dropout": base.model.dropout, "lo": spec.lambda_range[0], "hi": spec.lambda_range[1]}
+                    "base_dropout": base.model.dropout,
+                    "lo": (spec.tau_range if spec.taus is not None else spec.lambda_range)[0],
+                    "hi": (spec.tau_range if spec.taus is not None else spec.lambda_range)[1],
+                    "steps_per_epoch": per_epoch}
         rows = run_optuna(ctx, settings, workers, say, leader=not join, resume=resuming, verbose=not quiet)
         store.write_rows(rows)
         table_rows = rows
@@ -284,9 +314,10 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
                            "pruned": sum(r["status"] == "pruned" for r in rows)}
     table = build_table(table_rows, spec.metric)
     chosen_row = choose(table, spec.rule, spec.metric)
-    chosen = {"lambda": chosen_row["lambda"], "mode": chosen_row["mode"], "dropout": chosen_row["dropout"],
+    chosen = {"lambda": chosen_row["lambda"], **({"tau": chosen_row["tau"]} if "tau" in chosen_row else {}),
+              "mode": chosen_row["mode"], "dropout": chosen_row["dropout"],
               "rule": spec.rule, "metric": spec.metric, "mean": chosen_row["mean"], "se": chosen_row["se"]}
-    point = Point(chosen["mode"], chosen["lambda"], chosen["dropout"])
+    point = Point(chosen["mode"], chosen["lambda"], chosen["dropout"], chosen.get("tau"))
     final_info = None
     if final and not join:
         final_info = run_final(store, ctx, shared, point, _reusable(spec, table_rows, point, base), say)
@@ -295,7 +326,7 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
                "compute_s": compute_s, "wall_s": clock.stop() if clock else time.perf_counter() - started,
                "trials": len(rows),
                "spec": spec.to_dict(), "engine": "vectorized" if runner is not run_trials else "sequential",
-               **extra}
+               **({"steps_per_epoch": per_epoch} if per_epoch is not None else {}), **extra}
     if not join:
         store.write_summary(summary)
     return SweepResult(store.root, table, {**chosen_row, **chosen}, final_info, rows, summary)

@@ -1,4 +1,5 @@
-"""Bayesian search: Optuna TPE over log-uniform λ (plus an explicit λ = 0 trial), pruning on per-epoch metrics.
+"""Bayesian search: Optuna TPE over log-uniform λ or its timescale τ (plus an explicit λ = 0 trial), pruning on
+per-epoch metrics.
 
 The study lives in an Optuna storage so that several processes (`--workers N` here, `--join` elsewhere) share
 it: a SQLite file for one machine, any SQLAlchemy URL (PostgreSQL, MySQL) or a journal file for many.
@@ -8,6 +9,7 @@ handed out atomically) and gives it back unrun if other workers already took all
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -19,8 +21,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from decaylab.config import Config
 from decaylab.errors import UserError
-from decaylab.sweep.points import Point
+from decaylab.sweep.points import Point, point_lambda
 from decaylab.sweep.selection import higher_is_better, history_value
 from decaylab.sweep.trial import StopTrial, TrialContext, TrialJob, train_trial
 from decaylab.sweep.workers import init_worker, threads_per_worker
@@ -125,8 +128,9 @@ def _counts(trial) -> bool:
     return True
 
 
-def suggest_point(trial, settings: dict[str, Any]) -> Point:
-    """λ log-uniform in [lo, hi] (or the enqueued λ = 0), the mode and the dropout as categorical choices."""
+def suggest_point(trial, settings: dict[str, Any], base: Config | None = None) -> Point:
+    """λ (or, in a τ sweep of `base`, τ) log-uniform in [lo, hi] (or the enqueued λ = 0), the mode and the dropout as
+    categorical choices."""
     dropouts = settings["dropouts"]
     if dropouts and len(dropouts) > 1:
         dropout = float(trial.suggest_categorical("dropout", dropouts))
@@ -136,6 +140,11 @@ def suggest_point(trial, settings: dict[str, Any]) -> Point:
         return Point("none", 0.0, dropout)
     modes = settings["modes"]
     mode = trial.suggest_categorical("mode", modes) if len(modes) > 1 else modes[0]
+    if settings.get("steps_per_epoch") is not None:  # a τ sweep: τ log-uniform, λ derived as its trial derives it
+        tau = trial.suggest_float("tau", settings["lo"], settings["hi"], log=True)
+        point = Point(mode, math.nan, dropout, float(f"{tau:.6g}"))
+        assert base is not None
+        return dataclasses.replace(point, lam=point_lambda(base, point, modes, settings["steps_per_epoch"]))
     lam = trial.suggest_float("lambda", settings["lo"], settings["hi"], log=True)
     return Point(mode, float(f"{lam:.6g}"), dropout)
 
@@ -147,6 +156,7 @@ def optuna_worker(ctx: TrialContext, settings: dict[str, Any], worker: int) -> i
     _quiet_optuna()
     settings = {**settings, "seed": settings["seed"] + worker if settings.get("seed") is not None else None}
     study = create_or_load_study(settings)
+    base = ctx.base_config()
     budget, ran = settings["trials"], 0
     while True:
         existing = study.get_trials(deepcopy=False)
@@ -159,7 +169,7 @@ def optuna_worker(ctx: TrialContext, settings: dict[str, Any], worker: int) -> i
             trial.set_user_attr("over_budget", True)
             study.tell(trial, state=TrialState.FAIL)
             continue
-        point = suggest_point(trial, settings)
+        point = suggest_point(trial, settings, base)
         key = trial.user_attrs.get("continue") or f"t{trial.number:04d}-{point.key}"
         for name, value in (("run", key), ("host", socket.gethostname()), ("pid", os.getpid())):
             trial.set_user_attr(name, value)

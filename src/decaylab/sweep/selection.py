@@ -28,7 +28,10 @@ def mean_se(values: list[float]) -> tuple[float, float | None]:
 
 
 def build_table(rows: Iterable[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """One row per (λ, mode, dropout): mean and SE of the metric over the finished trials (folds) of that point."""
+    """One row per (λ, mode, dropout): mean and SE of the metric over the finished trials (folds) of that point
+    (and its τ, in epochs, for a point of a τ sweep)."""
+    rows = list(rows)
+    taus = any("tau" in row for row in rows)  # a τ sweep: every entry says its τ (None: the λ = 0 baseline, τ = ∞)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["mode"], row["lambda"], row["dropout"]), []).append(row)
@@ -37,6 +40,8 @@ def build_table(rows: Iterable[dict[str, Any]], metric: str) -> list[dict[str, A
         done = [r for r in members if r.get("status") == "done" and _finite(r.get(METRIC_FIELDS[metric]))]
         entry: dict[str, Any] = {"lambda": lam, "mode": mode, "dropout": dropout, "mean": None, "se": None,
                                  "n_folds": len(done), "status": "done" if done else members[-1].get("status")}
+        if taus:
+            entry = {"lambda": lam, "tau": members[0].get("tau"), **entry}
         if done:
             entry["mean"], entry["se"] = mean_se([float(r[METRIC_FIELDS[metric]]) for r in done])
             entry["epochs"] = max(r.get("epochs") or 0 for r in done)

@@ -1,4 +1,5 @@
-"""What a sweep varies and how it chooses: λ grids (`log:LO:HI:N` or a list), modes, dropouts, and validation."""
+"""What a sweep varies and how it chooses: λ grids (`log:LO:HI:N` or a list) or grids of λ's timescale τ, modes,
+dropouts, and validation."""
 
 from __future__ import annotations
 
@@ -31,39 +32,54 @@ def _number(text: str, what: str) -> float:
     return value
 
 
-def parse_lambdas(text: str, add_zero: bool = True) -> list[float]:
-    """`log:LO:HI:N` (log-spaced, both ends included) or `a,b,c`; sorted, deduplicated, 0 added unless told."""
+def _parse_grid(text: str, option: str, examples: str, log_note: str) -> list[float]:
+    """The values of `log:LO:HI:N` (log-spaced, both ends included) or `a,b,c`, as given (unsorted)."""
     text = (text or "").strip()
     if not text:
-        raise UserError("--lambdas: empty list (give e.g. log:1e-5:1e-1:9 or 0,1e-4,1e-3)")
+        raise UserError(f"{option}: empty list (give e.g. {examples})")
     if text.startswith("log:"):
         parts = text.split(":")
+        example = examples.split(" or ")[0]
         if len(parts) != 4:
-            raise UserError(f"--lambdas {text!r}: expected log:LO:HI:N, e.g. log:1e-5:1e-1:9")
-        lo, hi = _number(parts[1], "--lambdas LO"), _number(parts[2], "--lambdas HI")
+            raise UserError(f"{option} {text!r}: expected log:LO:HI:N, e.g. {example}")
+        lo, hi = _number(parts[1], f"{option} LO"), _number(parts[2], f"{option} HI")
         try:
             n = int(parts[3])
         except ValueError:
-            raise UserError(f"--lambdas {text!r}: N must be a whole number (got {parts[3]!r})") from None
+            raise UserError(f"{option} {text!r}: N must be a whole number (got {parts[3]!r})") from None
         if lo <= 0 or hi <= 0:
-            raise UserError(f"--lambdas {text!r}: LO and HI of a log grid must be > 0 (λ = 0 is added by itself)")
+            raise UserError(f"{option} {text!r}: LO and HI of a log grid must be > 0{log_note}")
         if lo > hi:
-            raise UserError(f"--lambdas {text!r}: LO must not exceed HI")
+            raise UserError(f"{option} {text!r}: LO must not exceed HI")
         if n < 1 or (n == 1 and lo != hi):
-            raise UserError(f"--lambdas {text!r}: N must be ≥ 2 (or 1 with LO = HI)")
+            raise UserError(f"{option} {text!r}: N must be ≥ 2 (or 1 with LO = HI)")
         step = (math.log10(hi) - math.log10(lo)) / max(1, n - 1)
         # Round to 6 significant digits so 1e-3 prints as 0.001, not 0.0010000000000000002.
-        values = [float(f"{10 ** (math.log10(lo) + i * step):.6g}") for i in range(n)]
-    else:
-        items = [item for item in text.split(",") if item.strip()]
-        if not items:
-            raise UserError("--lambdas: empty list (give e.g. log:1e-5:1e-1:9 or 0,1e-4,1e-3)")
-        values = [_number(item, "--lambdas") for item in items]
+        return [float(f"{10 ** (math.log10(lo) + i * step):.6g}") for i in range(n)]
+    items = [item for item in text.split(",") if item.strip()]
+    if not items:
+        raise UserError(f"{option}: empty list (give e.g. {examples})")
+    return [_number(item, option) for item in items]
+
+
+def parse_lambdas(text: str, add_zero: bool = True) -> list[float]:
+    """`log:LO:HI:N` (log-spaced, both ends included) or `a,b,c`; sorted, deduplicated, 0 added unless told."""
+    values = _parse_grid(text, "--lambdas", "log:1e-5:1e-1:9 or 0,1e-4,1e-3", " (λ = 0 is added by itself)")
     negative = [v for v in values if v < 0]
     if negative:
         raise UserError(f"--lambdas: λ must be ≥ 0 (got {negative[0]:g})")
     if add_zero:
         values.append(0.0)
+    return sorted(set(values))
+
+
+def parse_taus(text: str) -> list[float]:
+    """EMA timescales in epochs, `log:LO:HI:N` or `a,b,c`, each > 0; sorted, deduplicated (the λ = 0 baseline,
+    τ = ∞, is the sweep's `zero`, not a value here)."""
+    values = _parse_grid(text, "--taus", "log:0.5:8:5 or 1,2,4", " (λ = 0, τ = ∞, is added by itself)")
+    small = [v for v in values if v <= 0]
+    if small:
+        raise UserError(f"--taus: τ must be > 0 epochs (got {small[0]:g}; λ = 0, τ = ∞, is added by itself)")
     return sorted(set(values))
 
 
@@ -98,7 +114,7 @@ class SweepSpec:
     """Everything that decides which trials a sweep runs and how it picks; recorded in sweep.yaml."""
 
     strategy: str = "grid"
-    lambdas: list[float] = field(default_factory=list)
+    lambdas: list[float] = field(default_factory=list)  # a τ sweep: [0.0] (the baseline) or []
     modes: list[str] = field(default_factory=lambda: ["decoupled"])
     dropouts: list[float] | None = None
     rule: str = "min"
@@ -115,6 +131,8 @@ class SweepSpec:
     # grid and cv: train every point (and fold) with this many seeds (seed, seed+1, ...: initial weights and
     # dropout; the data order stays the base seed's); None is one seed, the base config's
     seeds: int | None = None
+    # a sweep of λ's EMA timescale (--taus): τ in epochs; each point's λ is derived from it on the sweep's data
+    taus: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for sweep.yaml."""
@@ -126,13 +144,20 @@ class SweepSpec:
         positive = [v for v in self.lambdas if v > 0]
         return (min(positive), max(positive))
 
+    @property
+    def tau_range(self) -> tuple[float, float]:
+        """[lo, hi] of the τ values (the Optuna search interval of a τ sweep)."""
+        assert self.taus
+        return (min(self.taus), max(self.taus))
+
 
 def build_spec(strategy: str = "grid", lambdas: str | Iterable[float] | None = None,
                modes: str | Iterable[str] | None = None, dropouts: str | Iterable[float] | None = None,
                folds: int | None = None, rule: str = "min", metric: str = "loss", trials: int | None = None,
                eta: int | None = None, min_epochs: int | None = None, pruner: str | None = None,
                storage: str | None = None, study: str | None = None, join: bool = False, no_zero: bool = False,
-               default_mode: str = "decoupled", seeds: int | None = None) -> SweepSpec:
+               default_mode: str = "decoupled", seeds: int | None = None,
+               taus: str | Iterable[float] | None = None) -> SweepSpec:
     """Parse and check every sweep option; a bad one is a UserError naming the option and what is allowed."""
     strategy = parse_choices(strategy, STRATEGIES, "--strategy")[0] if strategy else "grid"
     rule = parse_choices(rule or "min", RULES, "--rule")[0]
@@ -140,15 +165,22 @@ def build_spec(strategy: str = "grid", lambdas: str | Iterable[float] | None = N
     _only_for(strategy, "cv", folds=folds)
     _only_for(strategy, "optuna", trials=trials, storage=storage, study=study, join=join or None, pruner=pruner)
     _only_for(strategy, "halving", eta=eta, min_epochs=min_epochs)
-    if lambdas is None:
-        lambdas = DEFAULT_LAMBDAS
-    if isinstance(lambdas, str):
-        values = parse_lambdas(lambdas, add_zero=not no_zero)
+    tau_values = None
+    if taus is not None:
+        if lambdas is not None:
+            raise UserError("--taus and --lambdas: give one (--taus sweeps λ's timescale τ in epochs, --lambdas λ)")
+        tau_values = parse_taus(taus if isinstance(taus, str) else ",".join(repr(float(v)) for v in taus))
+        values = [] if no_zero else [0.0]  # the baseline (τ = ∞) is the one λ a τ sweep names
     else:
-        values = parse_lambdas(",".join(repr(float(v)) for v in lambdas), add_zero=not no_zero)
+        if lambdas is None:
+            lambdas = DEFAULT_LAMBDAS
+        if isinstance(lambdas, str):
+            values = parse_lambdas(lambdas, add_zero=not no_zero)
+        else:
+            values = parse_lambdas(",".join(repr(float(v)) for v in lambdas), add_zero=not no_zero)
     spec = SweepSpec(strategy=strategy, lambdas=values,
                      modes=parse_choices(modes if modes is not None else default_mode, MODES, "--mode"),
-                     dropouts=parse_dropouts(dropouts), rule=rule, metric=metric, zero=not no_zero)
+                     dropouts=parse_dropouts(dropouts), rule=rule, metric=metric, zero=not no_zero, taus=tau_values)
     if seeds is not None:
         if strategy not in SEEDED_STRATEGIES:
             raise UserError(f"--seeds: only applies to --strategy {' or '.join(SEEDED_STRATEGIES)} (this sweep is "
@@ -167,7 +199,7 @@ def build_spec(strategy: str = "grid", lambdas: str | Iterable[float] | None = N
         spec.pruner = parse_choices(pruner or "median", PRUNERS, "--pruner")[0]
         spec.storage = storage
         spec.study = study
-        if not any(v > 0 for v in values):
+        if tau_values is None and not any(v > 0 for v in values):
             raise UserError("--lambdas: Optuna needs a positive range, e.g. log:1e-5:1e-1:9")
     if strategy == "halving":
         spec.eta = 3 if eta is None else eta

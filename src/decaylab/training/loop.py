@@ -60,8 +60,8 @@ class RunState:
 
     @property
     def reg(self) -> dict[str, Any]:
-        """Its regularization section."""
-        return self.config.regularization.model_dump()
+        """Its regularization section as `Regularization` arguments (λ resolved)."""
+        return self.config.regularization.rule_settings()
 
 
 def divergence_message(run: RunState) -> str:

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from decaylab.config import Config, config_to_dict
+from decaylab.config import TIMESCALE_FIELDS, Config, config_to_dict
 from decaylab.data.batching import Batch
-from decaylab.data.prepare import encode_run_data, longest_source, total_steps
+from decaylab.data.prepare import encode_run_data, longest_source, resolve_timescale, total_steps
 from decaylab.data.splits import Splits
 from decaylab.data.tokenizer import save_tokenizer
 from decaylab.device import autocast, resolve_device, seed_everything
@@ -56,8 +56,10 @@ from decaylab.training.schedule import lr_multiplier
 from decaylab.training.trainer import bleu_sample, optimizer_kwargs
 
 # Settings that may differ between replicas; everything else must be equal (same data, batches and schedule).
-# The regularization fields are the registry's: the mode, decay scaling and λ schedule, and every rule's strength.
-REPLICA_FIELDS = {"regularization": (*RULE_FIELDS, *dict.fromkeys(r.strength for r in RULES.values() if r.strength)),
+# The regularization fields are the registry's: the mode, decay scaling and λ schedule, every rule's strength, and
+# the timescale τ that may stand for λ.
+REPLICA_FIELDS = {"regularization": (*RULE_FIELDS, *dict.fromkeys(r.strength for r in RULES.values() if r.strength),
+                                     *TIMESCALE_FIELDS),
                   "model": ("dropout",),
                   "": ("seed",)}  # "" is the top level; the data order (`data_seed`) stays shared
 
@@ -111,7 +113,7 @@ class StackedTrainer:
                     f"{s}.{k}" if s else k for s, keys in REPLICA_FIELDS.items() for k in keys)
                     + " (a different seed needs a shared data_seed)")
         try:  # a rule the stack cannot run is refused by name, before anything is written
-            ReplicaDecay.check([c.regularization.model_dump() for c in configs])
+            ReplicaDecay.check([c.regularization.rule_settings() for c in configs])
         except UnsupportedRule as exc:
             raise UserError(f"regularization.mode: {exc}") from None
         base = self.base = configs[0]
@@ -122,6 +124,9 @@ class StackedTrainer:
         self.quiet = quiet
         self.splits, self.tokenizer = splits, tokenizer
         self.train_data, _, self.valid_eval, self.train_eval = encode_run_data(base, tokenizer, splits)
+        # each replica's λ from its `regularization.tau_epochs` on the data the stack shares (as its Trainer would)
+        configs = [resolve_timescale(config, self.train_data) for config in configs]
+        base = self.base = configs[0]
 
         if isinstance(init_weights, list) and len(init_weights) != len(configs):
             raise ValueError(f"{len(init_weights)} initial weight sets for {len(configs)} replicas")
@@ -182,7 +187,7 @@ class StackedTrainer:
 
     def _replica(self, config: Config, run_dir: Path, name: str, budget: float | None) -> Replica:
         try:
-            reg = Regularization(**config.regularization.model_dump())
+            reg = Regularization(**config.regularization.rule_settings())
             optimizer = reg.optimizer(self.template, config.train.optimizer, lr=config.train.lr,
                                       total_steps=self.total_steps, **optimizer_kwargs(config))
         except ValueError as exc:

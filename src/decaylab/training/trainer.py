@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from decaylab.config import Config
 from decaylab.data.batching import Batch
-from decaylab.data.prepare import encode_run_data, epoch_groups, longest_source, total_steps
+from decaylab.data.prepare import encode_run_data, epoch_groups, longest_source, resolve_timescale, total_steps
 from decaylab.data.splits import Splits, load_splits
 from decaylab.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from decaylab.device import autocast, resolve_device, seed_everything
@@ -116,6 +116,9 @@ class Trainer:
                 raise write_failed(self.paths.root, exc) from exc.__cause__
         self.train_data, self.valid_data, self.valid_eval, self.train_eval = encode_run_data(
             config, tokenizer, self.splits)
+        # λ from `regularization.tau_epochs` needs this run's steps per epoch; the resolved config (τ, λ and how)
+        # is the one the run writes and trains with
+        config = self.config = resolve_timescale(config, self.train_data)
 
         seed_everything(config.seed)
         vocab = tokenizer.get_vocab_size()
@@ -132,7 +135,7 @@ class Trainer:
         self.forward = compile_model(self.model, self.device) if cfg.compile else self.model
         self.total_steps = total_steps(config, self.train_data)
         try:
-            self.reg = Regularization(**config.regularization.model_dump())
+            self.reg = Regularization(**config.regularization.rule_settings())
             self.optimizer = self.reg.optimizer(self.model, cfg.optimizer, lr=cfg.lr, total_steps=self.total_steps,
                                                 **optimizer_kwargs(config))
         except ValueError as exc:
