@@ -9,7 +9,7 @@ from typing import Any
 
 from decaylab.config import Config, build_config, config_to_dict
 from decaylab.errors import UserError
-from decaylab.regularization.rules import RULES, Acts, check_settings, fit_to_mode
+from decaylab.regularization.rules import RULES, check_settings, fit_to_mode
 from decaylab.regularization.timescale import lambda_for_tau
 from decaylab.sweep.spec import SweepSpec
 
