@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# One prepared GPU check, under 9 minutes on one H100/H200 (run it with timeout_s 600):
+# One prepared GPU check, under 10 minutes on one H100/H200 (run it with timeout_s 600; lower VEC_TIMEOUT first):
 #   1. the K = 8 vectorized-vs-sequential sweep ratio at three model sizes (issue 6 parts 3-4, goal >= 4x);
 #   2. the host syncs left in one Trainer step (torch's sync debug mode), then training target tokens/s and MFU
 #      against the card's measured bf16 matmul peak (decaylab's Trainer step vs the seed-style loop, fp32 and
-#      bf16).
+#      bf16);
+#   3. the decoder LM's training step against the nanoGPT-style loop (issue 13: >= 1.0x, fp32 and bf16), at GPT-2
+#      small's width and depth.
 #
 #   bash benchmarks/gpu_check.sh            # writes $OUT_DIR (default benchmarks/results)/*_gpu.json + a summary
 #
@@ -28,7 +30,7 @@ PY
 
 # 1. K = 8 replicas in one stack vs 8 sequential Trainer runs, same steps, same data, same initial weights; then
 #    K = 16 at the small preset, and the recurrence alone (hand-written backward vs autograd loop).
-timeout "${VEC_TIMEOUT:-170}" "$PY" benchmarks/vectorized_sweep.py --device cuda --pairs 4000 --steps-scale 4.5 \
+timeout "${VEC_TIMEOUT:-140}" "$PY" benchmarks/vectorized_sweep.py --device cuda --pairs 4000 --steps-scale 4.5 \
     --out "$OUT/vectorized_sweep_gpu.json"
 status_vec=$?
 timeout 75 "$PY" benchmarks/vectorized_sweep.py --device cuda --pairs 4000 --steps-scale 4.5 --k 16 --sizes small \
@@ -52,7 +54,7 @@ cuda = torch.cuda.is_available()
 cfg = load_config(None, ["data.name=bible-en-es", "data.max_examples=400", "model.preset=small",
                          "tokenizer.vocab_size=2000", f"train.device={'cuda' if cuda else 'cpu'}"])
 trainer = Trainer(cfg, Path(tempfile.mkdtemp()) / "run", quiet=True)
-batches = trainer._epoch_batches(0)
+batches = [trainer.train_data.batch(group) for group in trainer._epoch_groups(0)]
 trainer._train_step(batches[0].to(trainer.device)).tolist()  # warm-up, then the device is idle
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -69,10 +71,15 @@ PY
 
 # 2. Training throughput: a bigger model and batch than the CPU run (the small one is launch-bound), no
 #    torch.compile row (its compile time alone would eat the budget), no CPU op profile.
-timeout "${TRAIN_TIMEOUT:-170}" "$PY" benchmarks/train_throughput.py --device cuda --quick --preset base \
+timeout "${TRAIN_TIMEOUT:-140}" "$PY" benchmarks/train_throughput.py --device cuda --quick --preset base \
     --batch-tokens 8192 --rows baseline,ours,ours_bf16,ours_gru --reps 3 --rep-batches 4 --no-profile \
     --out "$OUT/train_throughput_gpu.json"
 status_train=$?
+
+# 3. The decoder-only LM against the nanoGPT-style loop, GPT-2 small's shape (the `base` preset), block 512.
+timeout "${LM_TIMEOUT:-100}" "$PY" benchmarks/lm_throughput.py --device cuda --quick --preset base --block 512 \
+    --batch 16 --vocab 8000 --bf16 yes --out "$OUT/lm_throughput_gpu.json"
+status_lm=$?
 
 "$PY" - "$OUT" <<'PY'
 import json, sys
@@ -88,6 +95,12 @@ if train.is_file():
         print(f"  {name:<12} {row['target_tokens_per_s']:>10.0f} target tok/s  {row['ratio_vs_baseline']:5.2f}x baseline"
               f"  MFU vs bf16 peak {row['useful_gflops_per_s'] / peak['bf16']:6.1%}")
     print(f"  bf16 val-loss parity: {r['val_loss_parity'].get('bf16_relative_difference')}")
+lm = out / "lm_throughput_gpu.json"
+if lm.is_file():
+    r = json.loads(lm.read_text())
+    for name, row in r["rows"].items():
+        ratio = f"  {row['ratio_to_baseline']:.2f}x nanoGPT-style" if "ratio_to_baseline" in row else ""
+        print(f"  LM {name:<14} {row['tokens_per_s']:>10.0f} tok/s  MFU {row['mfu']:6.1%}{ratio}")
 vec = out / "vectorized_sweep_gpu.json"
 if vec.is_file():
     v = json.loads(vec.read_text())
@@ -95,5 +108,6 @@ if vec.is_file():
         print(f"vectorized K={row['k']} {row['preset']}: sequential {row['baseline_s']} s, stacked {row['ours_s']} s, "
               f"ratio {row['ratio']}x, max |dval| {row['max_abs_val_loss_difference']:.1e}")
 PY
-echo "gpu_check: vectorized_sweep exit $status_vec, train_throughput exit $status_train, $(( $(date +%s) - started )) s"
-[ "$status_train" = 0 ] && [ "$status_vec" = 0 ]
+echo "gpu_check: vectorized_sweep exit $status_vec, train_throughput exit $status_train, lm_throughput exit" \
+    "$status_lm, $(( $(date +%s) - started )) s"
+[ "$status_train" = 0 ] && [ "$status_vec" = 0 ] && [ "$status_lm" = 0 ]
