@@ -150,22 +150,29 @@ class SteadyProbe:
 @torch.no_grad()
 def _reductions(view: SteadyView, before: _Before, names: list[str], rows: list[int], now: list[int]
                 ) -> list[list[list[float]]]:
-    """Per tracked tensor and run: ‖w_t‖², ‖Δ‖², ⟨Δ, w_t⟩, ‖g‖² (−1: no gradient), in float64, read back once.
+    """Per tracked tensor and run: ‖w_t‖², ‖s‖², ⟨s, w_t⟩ and ‖g‖² (−1: no gradient), read back once.
 
+    s = w_{t+1} − (1 − d)·w_t = −η·u, the step without its decay (d: the tensor's decay fraction in that step).
     `rows`: each measured run's index in the copy; `now`: its index in the engine's tensors.
     """
+    decays: torch.Tensor | None = None
     stats = []
     for name in names:
         old = _select(before.weights[name], rows, len(before.runs))
         new = _select(_stacked(view, view.params[name]), now, len(view.runs))
-        # Δ is taken elementwise first: w_t and w_{t+1} are close, so their difference is exact in float32, and
-        # every quantity below (the angle included) follows from sums in float64 without acos's rounding near 1
-        old, delta = old.flatten(1), (new - old.to(new.dtype)).flatten(1)
+        old = old.flatten(1)
+        if decays is None:  # each run's decay fraction of the base λ, [K, 1], copied to the device once
+            decays = torch.tensor([[1.0 - before.factors[r]] for r in rows], dtype=old.dtype, device=old.device)
+        # Δ = w_{t+1} − w_t is exact in float32 (the two are close); adding d·w_t back leaves s, which holds the
+        # rotation: taken from the sums of Δ instead, it would be a small difference of large numbers when the
+        # decay dominates the step (AdamW with a large λ), and float32 would lose it
+        step = (new.flatten(1) - old).addcmul_(old, decays, value=before.multipliers[name])
         grad = _select(_stacked(view, view.params[name].grad), now, len(view.runs))
-        g2 = (torch.full((old.shape[0],), -1.0, dtype=torch.float64, device=old.device) if grad is None
-              else grad.flatten(1).double().square().sum(1))
-        stats.append(torch.stack([old.double().square().sum(1), delta.double().square().sum(1),
-                                  (delta.double() * old.double()).sum(1), g2], dim=1))
+        g = (torch.full((old.shape[0],), -1.0, device=old.device) if grad is None
+             else torch.linalg.vector_norm(grad.flatten(1).float(), dim=1).square())
+        stats.append(torch.stack([torch.linalg.vector_norm(old.float(), dim=1).square(),
+                                  torch.linalg.vector_norm(step.float(), dim=1).square(),
+                                  (step * old).float().sum(1), g], dim=1).double())
     return torch.stack(stats).tolist()  # [tensors][runs][4]: the one host sync of the measurement
 
 
@@ -175,22 +182,21 @@ def _run_fields(config: Any, before: _Before, names: list[str], values: list[lis
     base_decay = 1.0 - before.factors[row]
     lr = before.lr
     # the step direction is recovered exactly where the decay fraction is known exactly (not cautious or SWD,
-    # whose decay depends on the step's own update or second moment)
+    # whose decay depends on the step's own update or second moment); the angle does not depend on it
     exact = RULES[config.regularization.mode].reads is None
     per: dict[str, list[float | None]] = {}
     preds: dict[str, tuple[float | None, float | None]] = {}
-    for name, (w2, d2, dot, g2) in zip(names, values, strict=True):
+    for name, (w2, s2, dot, g2) in zip(names, values, strict=True):
         decay = base_decay * before.multipliers.get(name, 0.0)
         norm = math.sqrt(w2)
         grad_ratio = math.sqrt(g2) / norm if g2 >= 0 and norm > 0 else None
-        # η·u = (1 − d)·w_t − w_{t+1} = −(Δ + d·w_t): its norm from the sums, without another pass over the tensor
-        step2 = d2 + 2.0 * decay * dot + decay * decay * w2
-        update_ratio = math.sqrt(max(step2, 0.0)) / lr / norm if exact and lr > 0 and norm > 0 else None
+        update_ratio = math.sqrt(s2) / lr / norm if exact and lr > 0 and norm > 0 else None
         angle = None
         if norm > 0:
-            radial = dot / norm  # Δ's component along w_t; the rest of Δ turns w
-            across = math.sqrt(max(d2 - radial * radial, 0.0))
-            angle = math.atan2(across, norm + radial)
+            # w_{t+1} = (1 − d)·w_t + s: along w_t it keeps (1 − d)·‖w_t‖ + ⟨s, ŵ_t⟩, across it s's perpendicular
+            # part; atan2 of the two, where acos of their cosine would round to 0 below ~1e-3 rad in float32
+            radial = dot / norm
+            angle = math.atan2(math.sqrt(max(s2 - radial * radial, 0.0)), (1.0 - decay) * norm + radial)
         per[name] = [grad_ratio, update_ratio, angle]
         preds[name] = predictions(config, decay, lr)
     scope = [n for n in names if n in before.scale_invariant] or names
