@@ -21,15 +21,13 @@ import re
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from decaylab.config import Config
 from decaylab.regularization.rules import RULES
-
-if TYPE_CHECKING:
-    from decaylab.training.loop import RunState
 
 # The fields each metrics row gains (besides `steady_tensors`, the per-tensor values, and `steady_scope`).
 SUMMARY_FIELDS = ("grad_ratio", "grad_ratio_min", "grad_ratio_max", "update_ratio", "update_ratio_min",
@@ -38,11 +36,17 @@ SCALE_INVARIANT = "scale-invariant"  # `steady_scope` when the model declares sc
 MATRICES = "decayed matrices"  # `steady_scope` otherwise
 
 
+class Run(Protocol):
+    """A run the diagnostics measure (the loop's `RunState`): its config says its rule and optimizer."""
+
+    config: Config
+
+
 @dataclass
 class SteadyView:
     """What the diagnostics read of an engine at one moment (its `steady_view()`); nothing in it is copied."""
 
-    runs: Sequence[RunState]  # the active runs, in the order of the replica dimension
+    runs: Sequence[Run]  # the active runs, in the order of the replica dimension
     params: dict[str, torch.Tensor]  # every parameter by name: [K, …] when `stacked`, else the model's own
     multipliers: dict[str, float]  # parameter name -> its λ multiplier m_w (0 outside the decay set)
     model: nn.Module  # a model of the architecture (its `scale_invariant` declaration is read)
@@ -62,7 +66,7 @@ def declared_scale_invariant(model: nn.Module) -> frozenset[str]:
     return frozenset(name for name, _ in model.named_parameters() if any(p.search(name) for p in patterns))
 
 
-def momentum_of(config: Any) -> float | None:
+def momentum_of(config: Config) -> float | None:
     """β of the rotational equilibrium: Adam's β₁ or SGD's momentum; None for Nesterov SGD (not in the model)."""
     train = config.train
     if train.optimizer == "sgd":
@@ -70,7 +74,7 @@ def momentum_of(config: Any) -> float | None:
     return float(train.betas[0])
 
 
-def predictions(config: Any, decay: float, lr: float) -> tuple[float | None, float | None]:
+def predictions(config: Config, decay: float, lr: float) -> tuple[float | None, float | None]:
     """(‖u‖/‖w‖, angle) at equilibrium for a tensor decayed by the fraction `decay` per step at learning rate `lr`.
 
     Only for `mode: decoupled` with a decay > 0 (the rule both papers analyse); None otherwise.
@@ -89,7 +93,7 @@ def predictions(config: Any, decay: float, lr: float) -> tuple[float | None, flo
 class _Before:
     """The probe's record of the step before an evaluation."""
 
-    runs: list[RunState]
+    runs: list[Run]
     weights: dict[str, torch.Tensor]  # tracked name -> [K, …] copy of the pre-step weights
     lr: float
     factors: list[float]
@@ -176,7 +180,7 @@ def _reductions(view: SteadyView, before: _Before, names: list[str], rows: list[
     return torch.stack(stats).tolist()  # [tensors][runs][4]: the one host sync of the measurement
 
 
-def _run_fields(config: Any, before: _Before, names: list[str], values: list[list[float]], row: int
+def _run_fields(config: Config, before: _Before, names: list[str], values: list[list[float]], row: int
                 ) -> dict[str, Any]:
     """One run's row fields from its reductions; `row` is its index in the copy (its decay factor)."""
     base_decay = 1.0 - before.factors[row]
