@@ -22,10 +22,11 @@ from decaylab.sweep import sweep
 from tests.conftest import tiny_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SWEEP_SECTIONS = ["verdict", "u-curve", "samples", "learning", "norms", "gap", "table", "selection", "audit",
-                  "provenance"]
-SWEEP_FIGURES = {"fig-u_curve", "fig-learning_curves", "fig-weight_norms", "fig-layer_norms", "fig-gap"}
-RUN_SECTIONS = ["verdict", "learning", "norms", "samples", "metrics", "audit", "provenance"]
+SWEEP_SECTIONS = ["verdict", "u-curve", "samples", "learning", "norms", "steady", "gap", "table", "selection",
+                  "audit", "provenance"]
+SWEEP_FIGURES = {"fig-u_curve", "fig-learning_curves", "fig-weight_norms", "fig-layer_norms", "fig-steady_state",
+                 "fig-gap"}
+RUN_SECTIONS = ["verdict", "learning", "norms", "steady", "samples", "metrics", "audit", "provenance"]
 
 
 class Page(HTMLParser):
@@ -94,6 +95,10 @@ def test_sweep_report_has_every_section_and_names_the_chosen_lambda(tiny_sweep: 
     for words in ("validation loss (mean ± SE)", "Every trial", "largest λ within one standard error"):
         assert words in page.text["table"] + page.text["selection"]
     assert "data fingerprint" in page.text["provenance"] and "torch" in page.text["provenance"]
+    steady = " ".join(page.text["steady"].split())  # one finding per λ
+    assert "λ = 0 (no decay): no equilibrium predicted (λ = 0" in steady
+    for lam in ("0.001", "0.1"):
+        assert re.search(rf"decoupled λ = {lam}: (reached|not reached|too short to tell): over the last", steady)
 
 
 def test_report_is_self_contained(tiny_sweep: Path, page: Page) -> None:
@@ -150,12 +155,15 @@ def test_run_report_through_the_cli(tiny_sweep: Path, cli) -> None:
     run_page = Page((run / "report.html").read_text(encoding="utf-8"))
     assert run_page.sections == RUN_SECTIONS
     assert {img["figure"] for img in run_page.images} == {"fig-learning_curves", "fig-weight_norms",
-                                                           "fig-layer_norms"}
+                                                           "fig-layer_norms", "fig-steady_state"}
     for img in run_page.images:
         decode_png(img["src"])
     assert "decoupled λ = 0.1" in run_page.text["verdict"] and "source 3" in run_page.text["samples"]
     assert sorted(p.name for p in (run / "plots").iterdir()) == ["layer_norms.png", "learning_curves.png",
-                                                                  "weight_norms.png"]
+                                                                  "steady_state.png", "weight_norms.png"]
+    steady = " ".join(run_page.text["steady"].split())
+    assert "this run:" in steady and "× its equilibrium value" in steady and "√(2λ/η)" in steady
+    assert "steady state (rotational equilibrium)" in run_page.text["verdict"]
 
 
 def test_a_rerun_removes_the_figures_it_no_longer_draws(tiny_sweep: Path, tmp_path: Path) -> None:
@@ -166,7 +174,7 @@ def test_a_rerun_removes_the_figures_it_no_longer_draws(tiny_sweep: Path, tmp_pa
     (run / "plots" / "mine.png").write_bytes(b"user")  # not a report figure: kept
     write_report(run, samples=1)
     assert sorted(p.name for p in (run / "plots").iterdir()) == ["layer_norms.png", "learning_curves.png",
-                                                                  "mine.png", "weight_norms.png"]
+                                                                  "mine.png", "steady_state.png", "weight_norms.png"]
 
 
 def test_unfinished_sweep_still_renders(tiny_sweep: Path, tmp_path: Path) -> None:
@@ -175,7 +183,7 @@ def test_unfinished_sweep_still_renders(tiny_sweep: Path, tmp_path: Path) -> Non
                                                                        "plots"))
     page = Page(write_report(partial, samples=1).read_text(encoding="utf-8"))
     assert "No λ chosen yet" in page.text["verdict"]
-    assert len(page.images) == 5
+    assert len(page.images) == 6
 
 
 @pytest.mark.parametrize("args, message", [

@@ -10,7 +10,7 @@ import pytest
 from matplotlib.image import imread
 
 from decaylab.report import findings, plots
-from decaylab.report.collect import SweepData, build_points, furthest_rows, mean_se
+from decaylab.report.collect import RunData, SweepData, build_points, furthest_rows, mean_se
 
 
 def row(mode: str, lam: float, fold: int | None, loss: float, gap: float = 0.1, dropout: float = 0.1,
@@ -125,3 +125,52 @@ def test_layer_norm_bars_hatch_what_is_not_decayed() -> None:
                                          (float("nan"), "nan"), (12, "12")])
 def test_numbers_on_the_page(value: object, text: str) -> None:
     assert findings.fmt(value) == text
+
+
+def steady_run(angles: list[float], predicted: float | None, mode: str = "decoupled", decay: float = 0.01
+               ) -> RunData:
+    """A run whose evaluations (steps 10, 20, …) logged these angular updates against one prediction, decaying the
+    weights by `decay` per step."""
+    history = [{"step": 10 * (i + 1), "epoch": float(i + 1), "val_loss": 5.0, "decay_factor": 1.0 - decay,
+                "angle": a, "angle_min": a / 2,
+                "angle_max": 2 * a, "angle_pred": predicted, "update_ratio": 3 * a, "update_ratio_min": a,
+                "update_ratio_max": 4 * a, "update_ratio_pred": None if predicted is None else 10 * predicted}
+               for i, a in enumerate(angles)]
+    return RunData(Path("r"), {"regularization": {"mode": mode, "weight_decay": 0.1 if predicted else 0.0}}, {},
+                   history)
+
+
+def test_steady_state_finding_is_about_the_last_quarter() -> None:
+    # far at first, within 20 % of 0.01 over the last quarter (steps 80–100 of 100): reached
+    reached = findings.steady_finding(steady_run([0.05, 0.03, 0.02, 0.015, 0.012, 0.011, 0.011, 0.0105, 0.0095,
+                                                  0.0102], 0.01))
+    assert reached is not None and reached.startswith("reached: over the last quarter (steps 80–100, 3 evaluations)")
+    assert "0.95–1.05× its equilibrium value (within 20%) after 2 relaxation times" in reached  # 100 steps × 2 × 0.01
+    assert "‖u‖/‖w‖ at 0.31× √(2λ/η)" in reached  # the median of 0.315, 0.285 and 0.306
+    # one late evaluation 25 % off: not reached
+    missed = findings.steady_finding(steady_run([0.05, 0.02, 0.011, 0.0125], 0.01))
+    assert missed is not None and missed.startswith("not reached") and "1.10–1.25×" in missed
+    # within 20 %, but 100 steps decaying by 0.001 are a fifth of the norm's relaxation time: the prediction may only
+    # be passing by
+    short = findings.steady_finding(steady_run([0.02, 0.015, 0.01, 0.0105], 0.01, decay=0.001))
+    assert short is not None and short.startswith("too short to tell") and "after 0.08 relaxation times" in short
+    none = findings.steady_finding(steady_run([0.05, 0.02], None, mode="none"))
+    assert none is not None and none.startswith("no equilibrium predicted (λ = 0")
+    assert findings.steady_finding(RunData(Path("r"), {}, {}, [{"step": 1, "val_loss": 1.0}])) is None
+    verdict = findings.run_verdict(steady_run([0.01, 0.01], 0.01))
+    assert any(f.label == "steady state (rotational equilibrium)" for f in verdict.facts)
+
+
+def test_steady_state_figure_draws_measured_and_predicted_lines() -> None:
+    runs = [("λ = 0", steady_run([0.05, 0.02, 0.01], None, mode="none"), "#222222"),
+            ("decoupled λ = 0.1", steady_run([0.05, 0.02, 0.011], 0.01), "#1f77b4")]
+    figure = plots.steady_state(runs)
+    ratio, angle = figure.axes[:2]
+    assert angle.get_yscale() == "log" and ratio.get_yscale() == "log"
+    styles = [line.get_linestyle() for line in angle.get_lines()]
+    assert styles.count("-") == 2 and styles.count("--") == 1  # two runs measured, one prediction (λ > 0)
+    dashed = [line for line in angle.get_lines() if line.get_linestyle() == "--"][0]
+    assert list(dashed.get_ydata()) == [0.01, 0.01, 0.01]
+    _png(figure)
+    many = [(f"λ = {k}", steady_run([0.02, 0.01], 0.01), f"C{k}") for k in range(8)]
+    _png(plots.steady_state(many, plots.lambda_colors([0.0, 1e-3, 1e-1])[0]))  # a colour bar instead of a legend

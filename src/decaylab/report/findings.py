@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +144,56 @@ def sweep_verdict(sweep: SweepData, test: dict[str, Any] | None, sample_chrf: li
     return Verdict(headline, subline, facts, warning)
 
 
+# A run reached its rotational equilibrium when, over the last quarter of its steps, every evaluation's angular update
+# was within 20 % of the predicted one, and the run lasted at least one relaxation time of its weight norms (before
+# that, a value near the prediction may be the initial rotation passing by). docs/regularization.md, "Steady state".
+EQUILIBRIUM_TOLERANCE = 0.2
+LAST_PART = 0.25
+
+
+def relaxations(rows: list[dict[str, Any]]) -> float | None:
+    """Σ_t 2·d_t over the run's steps, d_t = 1 − decay_factor (trapezoids between evaluations): how many relaxation
+    times of ‖w‖² (which relaxes at rate 2·d per step) the run has lasted; None without decay factors."""
+    points = [(0.0, None)] + [(float(r["step"]), 1.0 - float(r["decay_factor"])) for r in rows
+                              if finite(r.get("step")) and finite(r.get("decay_factor"))]
+    if len(points) < 2:
+        return None
+    points[0] = (0.0, points[1][1])  # before the first evaluation: its decay
+    return sum((b[0] - a[0]) * (a[1] + b[1]) for a, b in zip(points, points[1:], strict=False))
+
+
+def steady_finding(run: RunData) -> str | None:
+    """One line: whether the run's angular update reached its predicted equilibrium (None: no diagnostics logged)."""
+    rows = [r for r in run.history if finite(r.get("angle")) and finite(r.get("step"))]
+    if not rows:
+        return None
+    mode = run.regularization.get("mode", "?")
+    last_step = float(rows[-1]["step"])
+    late = [r for r in rows if float(r["step"]) >= (1.0 - LAST_PART) * last_step]
+    with_pred = [r for r in late if finite(r.get("angle_pred")) and r["angle_pred"] > 0]
+    if not with_pred:
+        why = "λ = 0" if mode == "none" or not (run.regularization.get("weight_decay") or 0) else f"mode {mode}"
+        return (f"no equilibrium predicted ({why}; the prediction covers decoupled decay with Adam or heavy-ball SGD); "
+                f"last angular update {fmt(rows[-1]['angle'])} rad per step")
+    ratios = [r["angle"] / r["angle_pred"] for r in with_pred]
+    within = all(abs(x - 1.0) <= EQUILIBRIUM_TOLERANCE for x in ratios)
+    lasted = relaxations(run.history)
+    long_enough = lasted is not None and lasted >= 1.0
+    verdict = "reached" if within and long_enough else "not reached" if not within else "too short to tell"
+    first, end = int(with_pred[0]["step"]), int(with_pred[-1]["step"])
+    span = f"steps {first:,}–{end:,}" if first != end else f"step {end:,}"
+    text = (f"{verdict}: over the last quarter ({span}, {len(ratios)} evaluation{'s' if len(ratios) > 1 else ''}) "
+            f"the angular update was {min(ratios):.2f}–{max(ratios):.2f}× its equilibrium value "
+            f"({'within' if within else 'not always within'} {EQUILIBRIUM_TOLERANCE:.0%})")
+    if lasted is not None:
+        text += f" after {lasted:.2g} relaxation times of the weight norm (Σ 2ηλ)"
+    updates = [r["update_ratio"] / r["update_ratio_pred"] for r in with_pred
+               if finite(r.get("update_ratio")) and finite(r.get("update_ratio_pred")) and r["update_ratio_pred"] > 0]
+    if updates:
+        text += f"; ‖u‖/‖w‖ at {statistics.median(updates):.2f}× √(2λ/η)"
+    return text
+
+
 def evaluations(run: RunData) -> dict[str, dict[str, Any]]:
     """eval.json's results by split (`decaylab evaluate` keys them by split)."""
     return {str(k): v for k, v in (run.eval or {}).items() if isinstance(v, dict)}
@@ -174,6 +225,9 @@ def run_verdict(run: RunData) -> Verdict:
         shown = [f"{key} {fmt(result[key], 2 if key in ('bleu', 'chrf', 'ppl') else 4)}"
                  for key in ("loss", "ppl", "bleu", "chrf") if finite(result.get(key))]
         facts.append(Fact(f"{split} split (eval.json)", ", ".join(shown)))
+    steady = steady_finding(run)
+    if steady is not None:
+        facts.append(Fact("steady state (rotational equilibrium)", steady, "see Steady state below"))
     subline = ", ".join(extras) + f"; {len(run.history)} evaluations"
     return Verdict(headline, subline, facts)
 

@@ -1,4 +1,4 @@
-"""The report's figures (matplotlib, Agg, no pyplot state): U-curve, gap, learning curves, weight norms."""
+"""The report's figures (matplotlib, Agg, no pyplot state): U-curve, gap, learning curves, norms, steady state."""
 
 from __future__ import annotations
 
@@ -269,6 +269,12 @@ def _color_of(lam: float, norm: LogNorm | None) -> Any:
     return mode_color("none") if lam == 0 or norm is None else LAMBDA_CMAP(float(norm(lam)))
 
 
+def lambda_colors(lambdas: Sequence[float]) -> tuple[LogNorm | None, Callable[[float], Any]]:
+    """The log-λ colour scale of a sweep and the colour of a λ on it (black for λ = 0), as the λ figures use."""
+    norm = _lambda_norm(lambdas)
+    return norm, lambda lam: _color_of(lam, norm)
+
+
 def _families(sweep: SweepData) -> list[tuple[str, list[Point]]]:
     """Small-multiple panels: one per curve (mode, dropout), each with its λ = 0 baseline first."""
     several = len({p.dropout for p in sweep.points}) > 1
@@ -451,4 +457,54 @@ def run_norms(run: RunData) -> Figure:
             ax.plot(xs, ys, lw=1.5, color=color, label=label)
     ax.set(xlabel="epoch", ylabel="L2 norm", title="weight norms over training")
     ax.legend(loc="best", framealpha=0.9)
+    return fig
+
+
+def _by_step(run: RunData, *keys: str) -> list[list[float]]:
+    """Step and each of `keys` over the evaluations where all of them are numbers."""
+    rows = [r for r in run.history if finite(r.get("step")) and all(finite(r.get(k)) for k in keys)]
+    return [[float(r["step"]) for r in rows], *[[float(r[k]) for r in rows] for k in keys]]
+
+
+@styled
+def steady_state(series: list[tuple[str, RunData, Any]], norm: LogNorm | None = None) -> Figure:
+    """‖u‖/‖w‖ against Defazio's steady state and the angular update against its rotational equilibrium, per run.
+
+    `series`: (label, run, colour); solid lines are the median over the decayed matrices with their min–max band,
+    dashed lines of the same colour the prediction (absent where none applies).
+    """
+    fig = new_figure(11.0, 3.9)
+    axes = fig.subplots(1, 2)
+    panels = ((axes[0], "update_ratio", "‖u‖ / ‖w‖ (u: the step direction)",
+               "step direction over weight: measured vs √(2λ/η) (Defazio 2025)"),
+              (axes[1], "angle", "angle between w_t and w_t+1 (rad)",
+               "angular update per step vs its equilibrium (Kosson et al. 2024)"))
+    for ax, key, ylabel, title in panels:
+        drawn = False
+        for label, run, color in series:
+            xs, ys = _by_step(run, key)
+            if not xs:
+                continue
+            drawn = True
+            ax.plot(xs, ys, color=color, lw=1.5, marker=".", ms=4, label=label)
+            band = _by_step(run, f"{key}_min", f"{key}_max")
+            if band[0]:
+                ax.fill_between(band[0], band[1], band[2], color=color, alpha=0.12, lw=0)
+            px, py = _by_step(run, f"{key}_pred")
+            if px:
+                ax.plot(px, py, color=color, lw=1.1, ls="--")
+        if drawn:
+            ax.set_yscale("log")
+        else:
+            ax.text(0.5, 0.5, "not measured for these rules", transform=ax.transAxes, ha="center", va="center",
+                    color="#777777")
+        ax.set(xlabel="step", ylabel=ylabel, title=title)
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes), key=lambda found: len(found[0]))
+    if norm is not None and len(series) > 6:  # many λ: a colour scale instead of one legend entry each
+        _colorbar(fig, list(axes), norm)
+        handles, labels = [], []
+    handles += [Line2D([], [], color="#555555", lw=1.1, ls="--"),
+                Line2D([], [], color="#555555", lw=6, alpha=0.2)]
+    labels += ["prediction (same colour)", "min–max over the decayed matrices"]
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), frameon=False)
     return fig

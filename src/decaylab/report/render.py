@@ -19,7 +19,15 @@ PNG_DPI = 130
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
 # Every figure a report can draw; a re-run removes those of this list it no longer draws (never other files).
-FIGURE_NAMES = ("u_curve", "learning_curves", "weight_norms", "layer_norms", "gap")
+FIGURE_NAMES = ("u_curve", "learning_curves", "weight_norms", "layer_norms", "steady_state", "gap")
+STEADY_CAPTION = (
+    "Left: ‖u‖/‖w‖, the last step's direction u (w_t+1 = (1 − d)·w_t − η·u: Adam's m̂/(√v̂ + ε), SGD's momentum "
+    "update) over the pre-step weight, median over the decayed matrices (band: min–max), against Defazio's steady "
+    "state √(2λ/η) (dashed), derived for scale-invariant weights and a step orthogonal to them; momentum makes "
+    "consecutive steps correlated, which holds the measured value below it. Right: the angle between the weights "
+    "before and after that step against Kosson et al.'s rotational equilibrium √(2ηλ(1 − β)/(1 + β)), β = Adam's "
+    "β₁ or SGD's momentum (dashed). Measured on the step before each evaluation; decaylab's models have no strictly "
+    "scale-invariant matrix, so the predictions are the values such weights would reach (docs/regularization.md).")
 SUMMARY_LABELS = {"compute_s": "training compute, s (trials + final)", "wall_s": "sweep wall time, s",
                   "trials": "trial rows", "engine": "training engine (sequential runs or stacked replicas)",
                   "steps_per_epoch": "steps per epoch of the training split (τ → λ)"}
@@ -56,6 +64,12 @@ def _layer_series(pairs: list[tuple[str, collect.RunData | None, str]]) -> list[
         if checkpoint is not None:
             series.append((label, collect.layer_norms(checkpoint), color))
     return series
+
+
+def _steady_series(pairs: list[tuple[str, collect.RunData | None, Any]]) -> list[tuple[str, collect.RunData, Any]]:
+    """The (label, run, colour) of the runs whose metrics carry the steady-state diagnostics."""
+    return [(label, run, color) for label, run, color in pairs
+            if run is not None and any(collect.finite(r.get("angle")) for r in run.history)]
 
 
 def provenance(run: collect.RunData | None) -> dict[str, Any]:
@@ -100,6 +114,11 @@ def sweep_page(sweep: collect.SweepData, figures: Figures, n_samples: int) -> di
                     "Final per-tensor norms: λ = 0 against the chosen λ",
                     "L2 norm of every parameter tensor in the best checkpoint of each model (fold 1 when there "
                     "are folds). Hatched tensors are outside the decay set, so λ does not act on them directly.")
+    norm, color_of = plots.lambda_colors([p.lam for p in sweep.points])
+    steady = _steady_series([(p.label(), sweep.run_of(p), color_of(p.lam)) for p in sweep.points])
+    if steady:
+        figures.add("steady_state", plots.steady_state(steady, norm), "Steady state: measured against predicted",
+                    STEADY_CAPTION + " One line per λ (the first of its folds or seeds).")
     figures.add("gap", plots.gap_curve(sweep), "Generalization gap against λ",
                 "Validation minus eval-mode training loss at each trial's best epoch (mean ± SE over folds or seeds).")
     summary = sweep.summary or {}
@@ -126,6 +145,7 @@ def sweep_page(sweep: collect.SweepData, figures: Figures, n_samples: int) -> di
         "config_yaml": _text(reference.root / "config.yaml") if reference is not None else "",
         "record_yaml": _text(sweep.root / "sweep.yaml"), "provenance": provenance(reference),
         "n_trials": len(sweep.rows),
+        "steady": [(label, findings.steady_finding(run)) for label, run, _ in steady],
     }
 
 
@@ -141,6 +161,10 @@ def run_page(run: collect.RunData, figures: Figures, n_samples: int) -> dict[str
     if series:
         figures.add("layer_norms", plots.layer_norm_bars(series, decayed_names(audit)), "Final per-tensor norms",
                     "L2 norm of every parameter tensor in the best checkpoint; hatched tensors are not decayed.")
+    steady = _steady_series([("this run", run, plots.mode_color(run.regularization.get("mode", "none")))])
+    if steady:
+        figures.add("steady_state", plots.steady_state(steady), "Steady state: measured against predicted",
+                    STEADY_CAPTION)
     samples: Samples = translate_samples([("model", run.root)], n_samples)
     return {
         "kind": "run", "title": f"run {run.root.name}", "verdict": findings.run_verdict(run),
@@ -148,6 +172,7 @@ def run_page(run: collect.RunData, figures: Figures, n_samples: int) -> dict[str
         "eval_values": [(f"{split}: {k}", v) for split, result in findings.evaluations(run).items()
                         for k, v in findings.key_values(result)], "audit": audit, "audit_of": "this run's model",
         "config_yaml": _text(run.root / "config.yaml"), "provenance": provenance(run),
+        "steady": [(label, findings.steady_finding(r)) for label, r, _ in steady],
     }
 
 

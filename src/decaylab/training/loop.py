@@ -1,7 +1,8 @@
 """The one training loop: batches -> engine step -> evaluate -> metrics row -> best/last checkpoints -> stop rules.
 
-The loop owns everything a run's bookkeeping needs, once: the data order, the evaluation cadence, the metrics row,
-`checkpoints/best` and `checkpoints/last`, early stopping, epoch budgets, divergence, fault injection and progress.
+The loop owns everything a run's bookkeeping needs, once: the data order, the evaluation cadence, the metrics row
+(with the steady-state diagnostics of steady.py), `checkpoints/best` and `checkpoints/last`, early stopping, epoch
+budgets, divergence, fault injection and progress.
 An engine owns how a step is computed and how its model is built: `SingleEngine` (trainer.py) trains one model,
 `StackedEngine` (stacked.py) K replicas as one stacked model; each run it trains has a `RunState` here, and the loop
 treats one model as K = 1.
@@ -29,6 +30,7 @@ from decaylab.files import atomic_write_jsonl
 from decaylab.runfolder.checkpoint import intact_checkpoints
 from decaylab.runfolder.layout import RunPaths
 from decaylab.training.progress import StepProgress
+from decaylab.training.steady import SteadyProbe, SteadyView
 
 # Fault injection for the resume tests: SIGKILL this process right after the given optimizer step.
 KILL_ENV = "DECAYLAB_KILL_AFTER_STEP"
@@ -121,6 +123,10 @@ class Engine(Protocol):
         """Take stopped runs out of the engine (the others go on unaffected)."""
         ...
 
+    def steady_view(self) -> SteadyView:
+        """The active runs' parameters, decay and lr as the steady-state diagnostics read them (steady.py)."""
+        ...
+
 
 class TrainingLoop:
     """Trains the engine's active runs to the end of their schedule, budget or patience."""
@@ -130,6 +136,7 @@ class TrainingLoop:
         self.quiet = quiet
         self.progress_bar: StepProgress | None = None
         self.writing: RunState | None = None  # the run whose metrics and checkpoints are being written
+        self.steady = SteadyProbe()  # the steady-state diagnostics of the step before each evaluation
 
     def fit(self) -> None:
         """Run the loop; each run's `status`, `progress` and `history` hold the outcome."""
@@ -170,6 +177,13 @@ class TrainingLoop:
             for index in range(batch_index, len(groups)):
                 batch = data.batch(groups[index]).to(engine.device)
                 runs = list(engine.active)
+                # whether this step ends with an evaluation, known before it is taken: only then does the
+                # steady-state probe copy the pre-step weights it compares the step's result with
+                end_of_epoch = index + 1 == len(groups)
+                due = (cfg.eval_every and (step + 1) % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch)
+                last = step + 1 >= engine.total_steps or (end_of_epoch and epoch + 1 >= cfg.epochs)
+                if due or last:
+                    self.steady.before_step(engine.steady_view())
                 losses = engine.train_step(batch)
                 if pending is not None:
                     self._settle(*pending, window)
@@ -178,11 +192,8 @@ class TrainingLoop:
                 batch_index = index + 1
                 if kill_after and step == kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)
-                end_of_epoch = batch_index == len(groups)
                 if end_of_epoch:
                     epoch, batch_index = epoch + 1, 0
-                due = (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch)
-                last = step >= engine.total_steps or (end_of_epoch and epoch >= cfg.epochs)
                 if due or last or not engine.active:
                     self._settle(*pending, window)
                     pending = None
@@ -222,6 +233,7 @@ class TrainingLoop:
         engine, cfg = self.engine, self.engine.config.train
         elapsed = time.perf_counter() - window["start"]  # the training window only, not the evaluation
         fields = engine.evaluate_runs()
+        steady = self.steady.measure(engine.steady_view())  # the diagnostics of the step just taken, per run
         lr = engine.lr()
         leaving, callbacks, diverged = [], [], []
         for k, (run, extra) in enumerate(zip(list(engine.active), fields, strict=True)):
@@ -238,7 +250,7 @@ class TrainingLoop:
             progress.update(step=position["step"], epoch=position["epoch"], batch=position["batch"])
             row = {"step": position["step"], "epoch": round(position["epoch"] + position["fraction"], 4),
                    "train_loss": run.loss_sum / max(1, window["tokens"]), "lr": lr,
-                   "tokens_per_s": window["tokens"] / max(elapsed, 1e-9), **extra}
+                   "tokens_per_s": window["tokens"] / max(elapsed, 1e-9), **extra, **steady[k]}
             progress["wall_s"] = time.perf_counter() - starts[run.name]
             row["wall_s"] = progress["wall_s"]
             run.history.append(row)

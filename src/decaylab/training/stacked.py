@@ -53,6 +53,7 @@ from decaylab.runfolder.layout import RunPaths, build_meta, write_run_header
 from decaylab.runfolder.lock import FolderLock
 from decaylab.training.loop import RunState, TrainingLoop, fresh_progress
 from decaylab.training.schedule import lr_multiplier
+from decaylab.training.steady import SteadyView
 from decaylab.training.trainer import bleu_sample, optimizer_kwargs
 
 # Settings that may differ between replicas; everything else must be equal (same data, batches and schedule).
@@ -416,6 +417,11 @@ class StackedTrainer:
         """Take stopped replicas out of the stack."""
         self._saved = None
         self._drop([r for r in runs if r in self.active])
+
+    def steady_view(self) -> SteadyView:
+        """The stacked parameters, decay multipliers and the coming step's lr and decay (training/steady.py)."""
+        return SteadyView(self.active, self.params, self.multiplier, self.template, self.lr(),
+                          lambda: self.decay.decay_factors(self.lr(), self.scheduler.last_epoch, self.optimizer))
 
     def fit(self) -> list[Replica]:
         """Train every active replica to the end of its schedule, budget or patience; returns all replicas."""

@@ -32,6 +32,7 @@ from decaylab.runfolder.load import other_checkpoint
 from decaylab.runfolder.lock import FolderLock, folder_problem
 from decaylab.training.loop import RunState, TrainingLoop, divergence_message, write_failed
 from decaylab.training.schedule import lr_multiplier
+from decaylab.training.steady import SteadyView
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,13 @@ class Trainer:
     def drop(self, runs: list[RunState]) -> None:
         """The run stopped (done or diverged): nothing is left to train."""
         self.active = [r for r in self.active if r not in runs]
+
+    def steady_view(self) -> SteadyView:
+        """The model's parameters, decay multipliers and the coming step's lr and decay (training/steady.py)."""
+        plan = self.reg.plan(self.model)
+        return SteadyView(self.active, {i.name: i.param for i in plan.params},
+                          {i.name: i.multiplier if i.decayed else 0.0 for i in plan.params}, self.model, self.lr(),
+                          lambda: [self.reg.decay_factor(self.optimizer)], stacked=False)
 
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
