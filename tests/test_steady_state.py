@@ -156,7 +156,7 @@ def test_train_rows_carry_the_diagnostics_and_sgd_steps_along_its_gradient(tmp_p
         assert row["angle_pred"] == pytest.approx(math.sqrt(2 * lr * lam), rel=1e-9)
         for name, (grad, update, _) in row["steady_tensors"].items():
             assert update == pytest.approx(grad, rel=2e-3, abs=1e-6), (row["step"], name)
-    model_names = {i.name for i in Regularization(**config.regularization.model_dump()).plan(
+    model_names = {i.name for i in Regularization(**config.regularization.rule_settings()).plan(
         Trainer(config, tmp_path / "again", quiet=True).model).decayed if i.param.dim() >= 2}
     assert set(result.history[-1]["steady_tensors"]) == model_names
 

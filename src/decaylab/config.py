@@ -389,7 +389,7 @@ class Config(Section):
     @model_validator(mode="after")
     def _rule_fits_the_optimizer(self) -> Config:
         try:  # e.g. SWD needs Adam's second moment, coupled decay is not AdamW's
-            check_settings(self.regularization.model_dump(), self.train.optimizer)
+            check_settings(self.regularization.rule_settings(), self.train.optimizer)
         except ValueError as exc:
             raise ValueError(f"regularization.mode with train.optimizer: {exc}") from None
         return self
