@@ -156,6 +156,8 @@ def test_bad_usage_is_one_line_before_any_process_starts(cli, monkeypatch: pytes
     assert result.code == 2 and result.err.startswith("error: train: --nproc: must be >= 1")
     result = cli("sweep", "--vectorized", "--nproc", "2", "--data", "x.tsv")
     assert result.code == 2 and "--vectorized" in result.err and result.err.count("\n") == 1
+    result = cli("sweep", "--nproc=2")
+    assert result.code == 2 and "--workers" in result.err and result.err.count("\n") == 1
     result = cli("train", "--nproc", "2", "--resume", str(tmp_path), "--overwrite")
     assert result.code == 2 and "--overwrite" in result.err and result.err.count("\n") == 1
     result = cli("train", "--nproc", "2", "--set", f"data.name={tmp_path / 'missing.tsv'}")

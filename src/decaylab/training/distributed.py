@@ -36,7 +36,7 @@ import torch.distributed as dist
 from tokenizers import Tokenizer
 
 from decaylab.config import Config, build_config, config_to_dict
-from decaylab.data.prepare import epoch_groups
+from decaylab.data.prepare import Encoded, epoch_groups
 from decaylab.errors import RankError, UserError
 from decaylab.runfolder.layout import RunPaths, load_run_config
 from decaylab.runfolder.lock import FolderLock, folder_problem
@@ -147,7 +147,7 @@ class Ranks:
         return value
 
 
-def check_shares(config: Config, train_data: Any, world: int) -> None:
+def check_shares(config: Config, train_data: Encoded, world: int) -> None:
     """Refuse N ranks when some batch of the run holds fewer than N examples (a rank would get none)."""
     for epoch in range(config.train.epochs):
         groups = epoch_groups(config, train_data, epoch)
