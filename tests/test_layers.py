@@ -30,7 +30,7 @@ LAYERS: list[list[str]] = [
     ["training"],
     ["sweep"],
     ["report"],
-    ["demo", "cli"],
+    ["demo", "cli", "__main__"],
 ]
 
 

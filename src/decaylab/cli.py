@@ -3,15 +3,19 @@ report/)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from decaylab.errors import UserError
+from decaylab.errors import RankError, UserError
 from decaylab.regularization.rules import DECAY_SETS, MODES, RULES, SWEEPABLE, decay_set_names
 from decaylab.ui import console as make_console
+
+if TYPE_CHECKING:
+    from decaylab.training.distributed import Plan
 
 app = typer.Typer(
     help="Train seq2seq text-generation models with weight decay done right, and choose λ on evidence.",
@@ -49,23 +53,36 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="Continue this run folder from checkpoints/last.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run that --output already holds "
                                             "(its files are removed first; other files stay).")] = False,
+    nproc: Annotated[int | None, typer.Option(help="Train on this many data-parallel processes on this machine "
+                                              "(DistributedDataParallel through torchrun: gloo on the CPU, one GPU "
+                                              "per process with NCCL); the same steps as one process on the same "
+                                              "global batches. See docs/scaling.md.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final summary.")] = False,
 ) -> None:
     """Train a model; writes config.yaml, meta.json, metrics.jsonl, tokenizer and checkpoints to --output."""
     from decaylab.config import build_run_config
     from decaylab.runfolder.lock import folder_problem
     from decaylab.training import Trainer, resume_run
+    from decaylab.training.distributed import Plan, launch, launched_world, train_ranks
 
-    if resume is not None:
-        if overwrite:
-            raise UserError("--overwrite: starts a new run in place of an old one; it does not go with --resume")
-        if output is not None and output.resolve() != resume.resolve():
-            raise UserError("--output and --resume name different folders; give only --resume RUN")
-        problem = folder_problem(resume)
-        if problem is not None:
-            raise UserError(f"--resume {problem}")
-        result = resume_run(resume, quiet=quiet)
-    else:
+    world = launched_world()
+    if nproc is not None:
+        _at_least("train", "--nproc", nproc, 1)
+        if world > 1:
+            raise UserError(f"--nproc: this process is already one of torchrun's {world} ranks; give --nproc to a "
+                            "plain `decaylab train` (it starts torchrun itself), or run torchrun without it")
+
+    def plan() -> Plan:
+        """The run to train, after the checks (on rank 0 alone under torchrun: the others never read the folder)."""
+        if resume is not None:
+            if overwrite:
+                raise UserError("--overwrite: starts a new run in place of an old one; it does not go with --resume")
+            if output is not None and output.resolve() != resume.resolve():
+                raise UserError("--output and --resume name different folders; give only --resume RUN")
+            problem = folder_problem(resume)
+            if problem is not None:
+                raise UserError(f"--resume {problem}")
+            return Plan(None, resume)
         cfg = build_run_config(
             config, sets, **{"data.name": data, "model.preset": preset, "train.epochs": epochs, "train.lr": lr,
                              "train.optimizer": optimizer, "regularization.mode": mode,
@@ -78,9 +95,27 @@ def train(
         problem = folder_problem(output)
         if problem is not None:
             raise UserError(f"--output {problem}")
-        # The Trainer owns the folder while it trains (a second process is refused) and, without --overwrite,
-        # refuses a folder that already holds a run.
-        result = Trainer(cfg, output, quiet=quiet, overwrite=overwrite).fit()
+        return Plan(cfg, output, overwrite)
+
+    if nproc is not None and nproc > 1:
+        chosen = plan()  # bad options are one line here, before any process starts
+        _check_gpus(chosen, nproc)
+        code = launch(_without_option(sys.argv[1:], "--nproc"), nproc, chosen.run_dir)
+        if code:
+            raise SystemExit(code)
+        return
+    if world > 1:  # one of torchrun's ranks: rank 0 plans, writes and reports
+        result = train_ranks(plan, quiet=quiet)
+        if result is None:
+            return
+    else:
+        chosen = plan()
+        if chosen.config is None:
+            result = resume_run(chosen.run_dir, quiet=quiet)
+        else:
+            # The Trainer owns the folder while it trains (a second process is refused) and, without --overwrite,
+            # refuses a folder that already holds a run.
+            result = Trainer(chosen.config, chosen.run_dir, quiet=quiet, overwrite=chosen.overwrite).fit()
     best = result.best
     typer.echo(f"best val loss {best['val_loss']:.4f} (ppl {best['val_ppl']:.2f}) at step {best['step']}; "
                f"run folder {result.run_dir}")
@@ -164,6 +199,47 @@ def generate(
     # a language model's text may hold line breaks, never a blank line (that ends a document): one separates outputs
     separator = "\n\n" if trained.config.data.kind == "text" else "\n"
     sys.stdout.write(separator.join(outputs) + "\n")
+
+
+def _check_gpus(plan: Plan, nproc: int) -> None:
+    """`--nproc N` on GPUs needs N of them (one per process); on the CPU any N shares the cores."""
+    import torch
+
+    from decaylab.runfolder.layout import load_run_config
+
+    device = (plan.config or load_run_config(plan.run_dir)).train.device
+    count = torch.cuda.device_count()
+    if device == "cuda" or (device == "auto" and count):
+        if count < nproc:
+            raise UserError(f"--nproc {nproc}: each process trains on a GPU of its own and torch sees {count}; "
+                            f"use --nproc {count}, or train.device=cpu")
+
+
+def _without_option(args: list[str], name: str) -> list[str]:
+    """`args` without `name VALUE` and `name=VALUE` (the command line the ranks of `--nproc` run)."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            kept.append(arg)
+    return kept
+
+
+def _ranks_problem(args: list[str]) -> str | None:
+    """Why this command line cannot run as it was started (torchrun's ranks, or --nproc), or None."""
+    command = next((arg for arg in args if not arg.startswith("-")), None)
+    nproc = any(arg == "--nproc" or arg.startswith("--nproc=") for arg in args)
+    if command == "sweep" and nproc:
+        how = ("--vectorized trains a grid's points as one stacked model in one process, and does not split it "
+               "over ranks" if "--vectorized" in args else "a sweep runs its trials in --workers processes")
+        return f"sweep: --nproc: data-parallel training is for one model (`decaylab train --nproc N`); {how}"
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and command not in (None, "train"):
+        return (f"{command}: runs in one process; under torchrun only `decaylab train` splits its batches over "
+                "ranks")
+    return None
 
 
 def _at_least(command: str, option: str, value: int | None, minimum: int) -> None:
@@ -561,13 +637,20 @@ app.command("report")(_report_command)
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
+    # under torchrun, rank 0 speaks for the job; another rank reports only its own trouble (RankError)
+    speaks = (os.environ.get("RANK", "0") or "0") == "0"
     try:
+        problem = _ranks_problem(sys.argv[1:])
+        if problem is not None:
+            raise UserError(problem)
         app()
     except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        if speaks or isinstance(exc, RankError):
+            typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted; a run can be continued with `decaylab train --resume RUN`", err=True)
+        if speaks:
+            typer.echo("interrupted; a run can be continued with `decaylab train --resume RUN`", err=True)
         raise SystemExit(130) from None
 
 

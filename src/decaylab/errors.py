@@ -9,6 +9,11 @@ class UserError(Exception):
     """Bad input from the user (file, config field, option): shown as one line, never a traceback."""
 
 
+class RankError(UserError):
+    """Trouble of one data-parallel rank alone (its data, its GPU): that rank reports it, naming itself; every other
+    error of a torchrun job is rank 0's to report, once."""
+
+
 class DamagedFile(UserError):
     """A file a command reads from a run or sweep folder is damaged (truncated, empty, overwritten).
 

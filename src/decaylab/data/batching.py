@@ -18,7 +18,9 @@ class Batch:
     src_len: torch.Tensor  # [B] (CPU, as pack_padded_sequence wants)
     tgt_in: torch.Tensor  # [B, T]
     tgt_out: torch.Tensor  # [B, T]
-    n_tokens: int  # non-pad target tokens
+    # Non-pad target tokens: what the step's loss sum is divided by. A data-parallel rank's share of a global batch
+    # (training/loop.py) keeps the whole global batch's count, so the ranks' averaged gradients are the global step's.
+    n_tokens: int
     # Flat positions (in B·T) of the non-pad targets, found on the CPU when the batch is built: selecting those
     # rows on a GPU with a boolean mask would make the host wait for the device to learn how many there are.
     target_index: torch.Tensor  # [n_tokens]
@@ -100,6 +102,10 @@ class EncodedPairs:
     def groups(self, batch_tokens: int, max_batch_size: int, seed: int, shuffle: bool = True) -> list[list[int]]:
         """Example indices per batch of one epoch: length-bucketed (`bucket_batches`), the order fixed by `seed`."""
         return bucket_batches(self.lengths, batch_tokens, max_batch_size, seed, shuffle)
+
+    def target_tokens(self, indices: list[int]) -> int:
+        """Non-pad target tokens of the batch of `indices` (its `n_tokens`), counted without building it."""
+        return sum(self.lengths[i][1] for i in indices)
 
     def batch(self, indices: list[int]) -> Batch:
         """The examples at `indices` as one padded Batch."""

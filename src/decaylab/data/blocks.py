@@ -46,6 +46,11 @@ class EncodedBlocks:
         per_batch = max(1, min(max_batch_size, batch_tokens // self.block_size))
         return [order[i : i + per_batch] for i in range(0, len(order), per_batch)]
 
+    def target_tokens(self, indices: list[int]) -> int:
+        """Target tokens of the batch of blocks `indices` (its `n_tokens`), counted without building it."""
+        end = len(self.stream) - 1
+        return sum(min(self.block_size, end - self.starts[i]) for i in indices)
+
     def batch(self, indices: list[int]) -> Batch:
         """Blocks `indices` as a Batch with no source: `tgt_in` the tokens, `tgt_out` the next ones."""
         size, end = self.block_size, len(self.stream) - 1

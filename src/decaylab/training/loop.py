@@ -5,7 +5,8 @@ The loop owns everything a run's bookkeeping needs, once: the data order, the ev
 budgets, divergence, fault injection and progress.
 An engine owns how a step is computed and how its model is built: `SingleEngine` (trainer.py) trains one model,
 `StackedEngine` (stacked.py) K replicas as one stacked model; each run it trains has a `RunState` here, and the loop
-treats one model as K = 1.
+treats one model as K = 1. Under data parallelism (distributed.py) every rank runs this loop in lock-step on its
+`Shard` of each global batch; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,6 +92,30 @@ def write_failed(root: Path, exc: WriteError) -> WriteError:
     return WriteError(f"{exc.detail}; {intact}", hint, exc.full)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Which share of every global batch this process trains: data-parallel rank `rank` of `world` (1 of 1 alone)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run folder (rank 0 only: the others never touch it)."""
+        return self.rank == 0
+
+    def cut(self, data: Encoded, group: list[int]) -> Batch:
+        """This rank's share of the global batch `group`, counting the global batch's target tokens.
+
+        Strided (`group[rank::world]`), so each rank gets examples from the whole length range of a bucket and about
+        the same padding. The share's `n_tokens` stays the global batch's: the step divides its token sum by it,
+        so the ranks' gradients average (with DDP's ×world) to the one-process gradient of the global batch.
+        """
+        if self.world == 1:
+            return data.batch(group)
+        return replace(data.batch(group[self.rank :: self.world]), n_tokens=data.target_tokens(group))
+
+
 class Engine(Protocol):
     """How steps are computed for the runs the loop trains (one model, or K stacked replicas)."""
 
@@ -131,9 +156,10 @@ class Engine(Protocol):
 class TrainingLoop:
     """Trains the engine's active runs to the end of their schedule, budget or patience."""
 
-    def __init__(self, engine: Engine, quiet: bool = False) -> None:
+    def __init__(self, engine: Engine, quiet: bool = False, shard: Shard | None = None) -> None:
         self.engine = engine
-        self.quiet = quiet
+        self.shard = shard or Shard()
+        self.quiet = quiet or not self.shard.writes  # rank 0 alone speaks for a data-parallel run
         self.progress_bar: StepProgress | None = None
         self.writing: RunState | None = None  # the run whose metrics and checkpoints are being written
         self.steady = SteadyProbe()  # the steady-state diagnostics of the step before each evaluation
@@ -145,7 +171,8 @@ class TrainingLoop:
             return
         lead = engine.active[0].progress
         self.progress_bar = StepProgress(engine.total_steps, lead["step"], self.quiet)
-        writers = {run.name: self._tensorboard(run) for run in engine.active if run.config.train.tensorboard}
+        writers = {run.name: self._tensorboard(run) for run in engine.active
+                   if run.config.train.tensorboard and self.shard.writes}
         try:
             with self.progress_bar:
                 self._steps(writers)
@@ -175,7 +202,7 @@ class TrainingLoop:
             groups = epoch_groups(engine.config, engine.train_data, epoch)
             data = engine.train_data
             for index in range(batch_index, len(groups)):
-                batch = data.batch(groups[index]).to(engine.device)
+                batch = self.shard.cut(data, groups[index]).to(engine.device)
                 runs = list(engine.active)
                 # whether this step ends with an evaluation, known before it is taken: only then does the
                 # steady-state probe copy the pre-step weights it compares the step's result with
@@ -263,7 +290,8 @@ class TrainingLoop:
                 progress["bad_evals"] += 1
             if cfg.patience and progress["bad_evals"] >= cfg.patience:
                 progress["stopped_early"] = True
-            atomic_write_jsonl(run.paths.metrics, run.history)
+            if self.shard.writes:
+                atomic_write_jsonl(run.paths.metrics, run.history)
             engine.save(k, run, best=False)
             self._report(run, row, improved, writers.get(run.name))
             if progress["stopped_early"]:

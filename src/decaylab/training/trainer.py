@@ -30,7 +30,7 @@ from decaylab.runfolder.checkpoint import load_model_weights, load_trainer_state
 from decaylab.runfolder.layout import RunPaths, build_meta, load_run_config, start_new_run, write_run_header
 from decaylab.runfolder.load import other_checkpoint
 from decaylab.runfolder.lock import FolderLock, folder_problem
-from decaylab.training.loop import RunState, TrainingLoop, divergence_message, write_failed
+from decaylab.training.loop import RunState, Shard, TrainingLoop, divergence_message, write_failed
 from decaylab.training.schedule import lr_multiplier
 from decaylab.training.steady import SteadyView
 
@@ -76,6 +76,10 @@ class Trainer:
     first (`overwrite=True`) or is refused (`overwrite=False`, what `decaylab train` does without --overwrite).
     """
 
+    # The share of each batch this process trains; a data-parallel rank (distributed.py) sets its own, and one whose
+    # `writes` is False never touches the run folder (no lock, no files): rank 0 owns and writes it.
+    shard: Shard = Shard()
+
     def __init__(self, config: Config, run_dir: Path, *, splits: Splits | None = None,
                  tokenizer: Tokenizer | None = None, resume: bool = False, quiet: bool = False,
                  init_weights: dict[str, torch.Tensor] | None = None,
@@ -89,19 +93,22 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self.splits = splits if splits is not None else load_splits(config.data)
-        self.owner = FolderLock(self.paths.root).acquire()  # creates the folder; released by fit() (or when dropped)
-        weakref.finalize(self, self.owner.release)
+        # creates the folder; released by fit() (or when dropped)
+        self.owner = FolderLock(self.paths.root).acquire() if self.shard.writes else None
+        if self.owner is not None:
+            weakref.finalize(self, self.owner.release)
         try:
             self._build(tokenizer, init_weights, on_evaluate, overwrite)
         except BaseException:
-            self.owner.release()  # a Trainer that could not be built owns nothing
+            if self.owner is not None:
+                self.owner.release()  # a Trainer that could not be built owns nothing
             raise
 
     def _build(self, tokenizer: Tokenizer | None, init_weights: dict[str, torch.Tensor] | None,
                on_evaluate: Callable[[dict[str, Any]], None] | None, overwrite: bool) -> None:
         """Everything after the folder is owned: the old run's files, tokenizer, data, model, optimizer, schedule."""
         config, cfg, resume = self.config, self.config.train, self.resume
-        if not resume:
+        if not resume and self.shard.writes:
             start_new_run(self.paths, overwrite)
         if tokenizer is None and resume and self._has_checkpoint():
             # the checkpoint's vocabulary is this file's: never train a new tokenizer for it
@@ -112,7 +119,8 @@ class Trainer:
                 tokenizer = train_tokenizer(texts, config.tokenizer)
             self.tokenizer = tokenizer
             try:
-                save_tokenizer(tokenizer, self.paths.tokenizer)
+                if self.shard.writes:
+                    save_tokenizer(tokenizer, self.paths.tokenizer)
             except WriteError as exc:
                 raise write_failed(self.paths.root, exc) from exc.__cause__
         self.train_data, self.valid_data, self.valid_eval, self.train_eval = encode_run_data(
@@ -183,6 +191,7 @@ class Trainer:
                              "tokenizer.json from a copy of the run, or start a new run") from None
 
     def _restore(self) -> dict[str, Any]:
+        """Load `checkpoints/last` into the model, optimizer, schedule and RNG; returns its trainer state."""
         try:
             load_model_weights(self.paths.last, self.model)
             state = load_trainer_state(self.paths.last)
@@ -194,7 +203,7 @@ class Trainer:
         torch.set_rng_state(state["rng_torch"])
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
-        return state["progress"]
+        return state
 
     # -- evaluation ----------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -252,30 +261,41 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Train until the epochs, max_steps or patience run out; returns the best evaluation."""
+        if self.owner is None:  # a data-parallel rank other than 0 owns nothing
+            return self._fit()
         with self.owner:  # held since __init__; let go when training ends, however it ends
             return self._fit()
 
-    def _fit(self) -> TrainResult:
-        run = self.run
+    def _prepare_run(self, run: RunState) -> dict[str, Any] | None:
+        """Resume `run` from `checkpoints/last` (its trainer state returned), or start it: config, meta and an
+        empty metrics file written (None returned)."""
         if self.resume and (self.paths.last.exists() or self.paths.last.with_name("last.old").exists()):
-            run.progress = self._restore()
+            state = self._restore()
+            run.progress = state["progress"]
             run.history = self._checkpointed_history(run.progress["step"])
             if not self.quiet:
                 print(f"resuming {self.paths.root} at step {run.progress['step']} (epoch {run.progress['epoch']})",
                       file=sys.stderr, flush=True)
-        else:
-            meta = build_meta(self.config, self.splits.fingerprint, self.splits.sizes(), self.splits.origin,
-                              self.device, self.n_params)
-            meta["data"]["max_source_tokens"] = longest_source(self.train_data)  # generation's input limit
-            try:
-                write_run_header(self.paths, self.config, meta)
-                atomic_write_jsonl(self.paths.metrics, [])
-            except WriteError as exc:
-                raise write_failed(self.paths.root, exc) from exc.__cause__
+            return state
+        meta = build_meta(self.config, self.splits.fingerprint, self.splits.sizes(), self.splits.origin,
+                          self.device, self.n_params)
+        meta["data"]["max_source_tokens"] = longest_source(self.train_data)  # generation's input limit
+        if self.shard.world > 1:
+            meta["data_parallel"] = {"ranks": self.shard.world}  # the same steps as one process; the speed differs
+        try:
+            write_run_header(self.paths, self.config, meta)
+            atomic_write_jsonl(self.paths.metrics, [])
+        except WriteError as exc:
+            raise write_failed(self.paths.root, exc) from exc.__cause__
+        return None
+
+    def _fit(self) -> TrainResult:
+        run = self.run
+        self._prepare_run(run)
         done = run.progress["stopped_early"] or run.progress["step"] >= self.total_steps
         self.active = [] if done else [run]
         self.model.train()
-        TrainingLoop(self, quiet=self.quiet).fit()
+        TrainingLoop(self, quiet=self.quiet, shard=self.shard).fit()
         if run.status == "diverged":
             raise TrainingDiverged(divergence_message(run))
         progress = run.progress
@@ -320,13 +340,20 @@ class Trainer:
                     raise UserError(f"train.compile: torch.compile failed on this machine ({type(exc).__name__}: "
                                     f"{first[:300]}); train without it (train.compile=false)") from exc
                 raise
-        loss = task + self.reg.penalty(self.model)
+        penalty = self.reg.penalty(self.model)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses = self._backward(task, penalty)
         if cfg.clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm, foreach=True)
         self.optimizer.step()
         self.scheduler.step()
+        return losses
+
+    def _backward(self, task: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+        """Gradients of task loss + penalty; returns [task loss, task loss + penalty] (a data-parallel rank
+        overrides it: its task loss is one share of the global batch's)."""
+        loss = task + penalty
+        loss.backward()
         return torch.stack([task.detach().float(), loss.detach().float()])
 
 
