@@ -440,12 +440,47 @@ def sweep(
                                             "(its files are removed first; other files, and a study in an "
                                             "external --storage, stay).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")] = False,
+    objective: Annotated[str | None, typer.Option(help="Sweep over your own training function instead of "
+                                                  "decaylab's models: MODULE:FUNCTION or FILE.py:FUNCTION, called "
+                                                  "with a Trial per trial (docs/python.md).")] = None,
+    examples: Annotated[int | None, typer.Option(help="--objective with cv: how many training examples the folds "
+                                                 "split (the Trial hands out their indices).")] = None,
+    param: Annotated[list[str] | None, typer.Option(help="--objective: NAME=VALUE handed to every trial as "
+                                                    "trial.params (repeatable).")] = None,
 ) -> None:
     """Choose λ on evidence: grid, k-fold CV, Optuna or successive halving; writes sweeps/NAME/ and prints the table."""
     from decaylab.config import build_run_config, flag_overrides
-    from decaylab.report import write_report
     from decaylab.sweep.api import sweep as run_sweep
-    from decaylab.sweep.render import render_table
+
+    common = {"strategy": strategy, "lambdas": lambdas, "modes": mode, "dropouts": dropout, "folds": folds,
+              "rule": rule, "metric": metric, "trials": trials, "storage": storage, "study": study, "join": join,
+              "workers": workers, "eta": eta, "min_epochs": min_epochs, "pruner": pruner,
+              "no_zero": no_zero or None, "resume": resume, "final": not no_final, "quiet": quiet, "seeds": seeds,
+              "overwrite": overwrite}
+    if objective is not None or (resume is not None and _objective_sweep(resume)):
+        for flag, value in (("--config", config), ("--data", data), ("--preset", preset), ("--lr", lr),
+                            ("--optimizer", optimizer), ("--max-examples", max_examples), ("--device", device),
+                            ("--precision", precision), ("--vectorized", vectorized or None),
+                            ("--replicas", replicas)):
+            if value is not None:
+                raise UserError(f"{flag}: configures decaylab's own trainer; an --objective trains its own model "
+                                "(hand it your settings with --param NAME=VALUE)")
+        if output is None and resume is None:
+            import time
+
+            output = Path("sweeps") / f"objective-{strategy or 'grid'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            result = run_sweep(objective=objective, examples=examples, epochs=epochs, seed=seed,
+                               regularization=_objective_regularization(decay_set, l1, sets),
+                               params=_params(param), output=output, **common)
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted; continue with `decaylab sweep --resume {resume or output}`", err=True)
+            raise SystemExit(130) from None
+        _finish_sweep(result, join)
+        return
+    for flag, value in (("--examples", examples), ("--param", param)):
+        if value is not None:
+            raise UserError(f"{flag}: goes with --objective (a sweep over your own training function)")
 
     flags = {"data.name": data, "model.preset": preset, "train.epochs": epochs, "train.lr": lr,
              "train.optimizer": optimizer, "regularization.l1": l1, "regularization.decay_set": decay_set,
@@ -469,6 +504,14 @@ def sweep(
     except KeyboardInterrupt:
         typer.echo(f"interrupted; continue with `decaylab sweep --resume {resume or output}`", err=True)
         raise SystemExit(130) from None
+    _finish_sweep(result, join)
+
+
+def _finish_sweep(result, join: bool) -> None:
+    """Print the table and write the sweep's report (a --join worker leaves the report to the leader)."""
+    from decaylab.report import write_report
+    from decaylab.sweep.render import render_table
+
     render_table(result.summary, f"sweep {result.path} ({result.summary['strategy']})")
     typer.echo(f"sweep folder {result.path}")
     if not join:  # a --join worker leaves the report to the process that chooses λ
@@ -476,6 +519,39 @@ def sweep(
 
         with FolderLock(result.path):  # written as the sweep folder's owner, as the sweep was
             typer.echo(f"report {write_report(result.path)}")
+
+
+def _objective_sweep(folder: Path) -> bool:
+    """True when `folder` holds a sweep over an objective (its sweep.yaml names one)."""
+    from decaylab.sweep.store import SweepStore
+
+    return "objective" in SweepStore(folder).read_record()
+
+
+def _objective_regularization(decay_set: str | None, l1: float | None, sets: list[str] | None) -> dict | None:
+    """The base regularization an objective's trials start from: --decay-set, --l1, --set regularization.*=…."""
+    from decaylab.config import parse_override
+
+    settings: dict = {}
+    for text in sets or []:
+        path, value = parse_override(text)
+        if len(path) != 2 or path[0] != "regularization":
+            raise UserError(f"--set {text}: with --objective, --set takes regularization.FIELD=VALUE only (your "
+                            "objective's own settings go in --param NAME=VALUE)")
+        settings[path[1]] = value
+    settings.update({k: v for k, v in (("decay_set", decay_set), ("l1", l1)) if v is not None})
+    return settings or None
+
+
+def _params(items: list[str] | None) -> dict | None:
+    """--param NAME=VALUE (values read as YAML: numbers, booleans, lists) as a dict."""
+    from decaylab.config import parse_override
+
+    params: dict = {}
+    for text in items or []:
+        path, value = parse_override(text)
+        params[".".join(path)] = value
+    return params or None
 
 
 # Commands that live beside their package register here (their modules import only typer at the top).

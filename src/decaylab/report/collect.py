@@ -76,6 +76,11 @@ class RunData:
         """The run's regularization section."""
         return dict(self.config.get("regularization") or {})
 
+    @property
+    def objective(self) -> str | None:
+        """`module:function` of the objective that trained this run (a sweep over a user's function), else None."""
+        return objective_of(self.config)
+
     def checkpoint(self, name: str = "best") -> Path | None:
         """`checkpoints/<name>/model.safetensors` when present (else the other checkpoint)."""
         for which in (name, "last" if name == "best" else "best"):
@@ -83,6 +88,17 @@ class RunData:
             if path.is_file():
                 return path
         return None
+
+
+def objective_of(config: dict[str, Any] | None) -> str | None:
+    """The `objective` a run folder's config.yaml names (sweep/objective.py writes it), else None."""
+    name = (config or {}).get("objective")
+    return str(name) if name else None
+
+
+def run_objective(path: Path) -> str | None:
+    """The objective that trained the run folder `path`, or None (decaylab's own trainer, or no run)."""
+    return objective_of(_yaml(Path(path) / "config.yaml"))
 
 
 def is_run(path: Path) -> bool:

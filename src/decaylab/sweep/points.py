@@ -17,12 +17,12 @@ class Point:
 
     mode: str
     lam: float
-    dropout: float
+    dropout: float | None  # None: an objective's own dropout, not swept
 
     @property
     def key(self) -> str:
-        """Folder-safe name, e.g. `decoupled-0.001-p0.1`."""
-        return f"{self.mode}-{self.lam:g}-p{self.dropout:g}"
+        """Folder-safe name, e.g. `decoupled-0.001-p0.1` (`decoupled-0.001` when dropout is not swept)."""
+        return f"{self.mode}-{self.lam:g}" + ("" if self.dropout is None else f"-p{self.dropout:g}")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields of a trials.jsonl / table row that identify the point."""
@@ -54,7 +54,13 @@ def _trial_raw(base: Config, point: Point, swept_modes: list[str], seed: int | N
     if seed is not None:
         raw["data_seed"] = base.order_seed
         raw["seed"] = seed
-    reg = raw["regularization"]
+    apply_point(raw["regularization"], point, swept_modes)
+    raw["model"]["dropout"] = point.dropout
+    return raw
+
+
+def apply_point(reg: dict[str, Any], point: Point, swept_modes: list[str]) -> dict[str, Any]:
+    """A regularization section (a dict, changed in place) set to the point's mode and strength; returns it."""
     if point.mode == "none":
         # The baseline has no weight decay; it keeps the base's other terms (L1) unless that term is being swept.
         reg.update(mode="none", weight_decay=0.0)
@@ -69,9 +75,7 @@ def _trial_raw(base: Config, point: Point, swept_modes: list[str], seed: int | N
         else:
             reg.update(mode="none", weight_decay=0.0)
         reg[rule.strength] = point.lam
-    fit_to_mode(reg)  # a decay scaling or λ schedule only where the point's mode has one
-    raw["model"]["dropout"] = point.dropout
-    return raw
+    return fit_to_mode(reg)  # a decay scaling or λ schedule only where the point's mode has one
 
 
 def check_points(base: Config, points: list[Point], swept_modes: list[str]) -> None:
