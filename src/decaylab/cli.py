@@ -106,62 +106,39 @@ def generate(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
 ) -> None:
     """Translate each input line, or continue each prompt of a language model; one output per line on stdout."""
-    import json
+    from decaylab.run import check_options, load
 
-    from decaylab.generation import continue_prompts, translate
-    from decaylab.generation.limits import input_token_limit
-    from decaylab.runfolder.load import load_trained
-
-    _at_least("generate", "--beam", beam, 1)
-    _at_least("generate", "--top-k", top_k, 0)
-    _at_least("generate", "--max-new-tokens", max_new_tokens, 1)
-    if not temperature > 0:
-        raise UserError(f"generate: --temperature: must be > 0 (got {temperature:g})")
-    if not 0 < top_p <= 1:
-        raise UserError(f"generate: --top-p: must be in (0, 1] (got {top_p:g})")
-    if length_penalty is not None and not length_penalty >= 0:
-        raise UserError(f"generate: --length-penalty: must be >= 0 (got {length_penalty:g})")
-    if method is not None and method not in ("greedy", "beam", "sample"):
-        raise UserError(f"generate: --method: must be one of greedy, beam, sample (got {method!r})")
+    try:  # checked before the model loads, so a typo costs nothing
+        check_options(beam, method, max_new_tokens, length_penalty, temperature, top_k, top_p)
+    except ValueError as exc:
+        name, _, rest = str(exc).partition(": ")
+        raise UserError(f"generate: --{name.replace('_', '-')}: {rest}") from None
     if input is None and not prompt:
         raise UserError("generate: give the inputs: --input FILE (or - for stdin) and/or --prompt TEXT")
-    trained = load_trained(run, checkpoint, device)
+    trained = load(run, checkpoint, device, option="--checkpoint")
     lines = list(prompt or []) + (_read_lines(input) if input is not None else [])
-    gen = trained.config.generation
-    chosen = method or ("beam" if beam > 1 else "greedy")
-    penalty = gen.length_penalty if length_penalty is None else length_penalty
     where = "stdin" if input == "-" else input or "--prompt"
+    if trained.language_model:
+        context = trained.context
+
+        def warn(index: int, tokens: int) -> None:
+            print(f"warning: {where}:{index + 1}: a prompt of {tokens:,} tokens does not fit the model's "
+                  f"{context} positions with --max-new-tokens: its last tokens are kept", file=sys.stderr)
+    else:
+        limit, why = trained.input_limit()
+
+        def warn(index: int, tokens: int) -> None:
+            size = "far more" if tokens < 0 else f"{tokens:,} tokens, more"
+            print(f"warning: {where}:{index + 1}: {size} than this model takes ({limit} tokens: {why}; set "
+                  "generation.max_input_tokens to change it): cut to its first tokens", file=sys.stderr)
     try:
-        if trained.config.data.kind == "text":
-            model_cfg = trained.config.model
-            context = model_cfg.max_positions if model_cfg.positions == "learned" else None
-
-            def cut_prompt(index: int, tokens: int) -> None:
-                print(f"warning: {where}:{index + 1}: a prompt of {tokens:,} tokens does not fit the model's "
-                      f"{context} positions with --max-new-tokens: its last tokens are kept", file=sys.stderr)
-
-            outputs = continue_prompts(
-                trained.model, trained.tokenizer, lines, max_new_tokens=max_new_tokens or 64, method=chosen,
-                beam=beam, length_penalty=penalty, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                max_context=context, on_cut=cut_prompt)
-        else:
-            meta = json.loads(trained.paths.meta.read_text(encoding="utf-8")) if trained.paths.meta.is_file() else {}
-            limit, why = input_token_limit(trained.config, meta)
-
-            def warn(index: int, tokens: int) -> None:
-                size = "far more" if tokens < 0 else f"{tokens:,} tokens, more"
-                print(f"warning: {where}:{index + 1}: {size} than this model takes ({limit} tokens: {why}; set "
-                      "generation.max_input_tokens to change it): cut to its first tokens", file=sys.stderr)
-
-            ratio, extra = (0.0, max_new_tokens) if max_new_tokens else (gen.max_len_ratio, gen.max_len_extra)
-            outputs = translate(
-                trained.model, trained.tokenizer, lines, method=chosen, beam=beam, length_penalty=penalty,
-                max_len_ratio=ratio, max_len_extra=extra, device=trained.device, temperature=temperature,
-                top_k=top_k, top_p=top_p, seed=seed, max_input_tokens=limit, on_cut=warn)
+        outputs = trained.generate(lines, beam=beam, method=method, max_new_tokens=max_new_tokens,
+                                   length_penalty=length_penalty, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   seed=seed, on_cut=warn)
     except ValueError as exc:  # the search validates its arguments; show which option was wrong, not a traceback
         raise UserError(f"generate: {exc}") from None
     # a language model's text may hold line breaks, never a blank line (that ends a document): one separates outputs
-    separator = "\n\n" if trained.config.data.kind == "text" else "\n"
+    separator = "\n\n" if trained.language_model else "\n"
     sys.stdout.write(separator.join(outputs) + "\n")
 
 
@@ -209,11 +186,15 @@ def evaluate(
     from rich.markup import escape
     from rich.table import Table
 
-    from decaylab.evaluation.evaluate import evaluate_run
+    from decaylab.evaluation.evaluate import SPLITS
+    from decaylab.run import load
 
     _at_least("evaluate", "--beam", beam, 1)
     _at_least("evaluate", "--max-examples", max_examples, 1)
-    result = evaluate_run(run, split, beam, checkpoint, max_examples, device)
+    if split not in SPLITS:  # before the model loads
+        raise UserError(f"--split: must be one of {', '.join(SPLITS)} (got {split!r})")
+    result = load(run, checkpoint, device, option="--checkpoint").evaluate(split, beam=beam,
+                                                                           max_examples=max_examples)
     console = make_console()
     if "bits_per_character" in result:  # a language model
         title = (f"{run} — {split} ({result['documents']} documents, {result['tokens']:,} tokens, "
