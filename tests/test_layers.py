@@ -30,6 +30,7 @@ LAYERS: list[list[str]] = [
     ["run"],
     ["training"],
     ["sweep"],
+    ["integrations"],
     ["report"],
     ["demo", "cli"],
 ]

@@ -227,12 +227,26 @@ def audit(
         help="Comma-separated decay sets (e.g. hf,timm,nanogpt) to compare on this model instead: each one's "
              "decision per parameter, rows where they disagree marked. Allowed: " + ", ".join(DECAY_SETS) + ".",
     )] = None,
+    hf_config: Annotated[Path | None, typer.Option(
+        "--hf-config", help="A Hugging Face model config JSON (a model's config.json): the architecture is built "
+                            "from it with random weights (nothing is downloaded) and its decay decisions under "
+                            "transformers.Trainer's default (hf) and decaylab's sets are compared (--compare "
+                            "picks the sets; --mode/--lambda/--decay-set add the full audit). Needs the hf extra.",
+    )] = None,
 ) -> None:
     """Show which parameters are decayed, with what λ, and warn about known pitfalls (or compare decay sets)."""
     try:  # checked before the model is built, so a typo costs nothing
         compared = decay_set_names(compare) if compare is not None else None
     except ValueError as exc:
         raise UserError(f"--compare: {exc}") from None
+    if hf_config is not None:
+        for name, value in (("CONFIG", config), ("--set", sets), ("--vocab-size", vocab_size),
+                            ("--steps-per-epoch", steps_per_epoch)):
+            if value is not None:
+                raise UserError(f"--hf-config: audits a Hugging Face architecture; {name} describes decaylab's own "
+                                "models")
+        _audit_hf(hf_config, compared, mode, weight_decay, decay_set)
+        return
 
     from decaylab.config import build_run_config
     from decaylab.models import build_model
@@ -252,6 +266,49 @@ def audit(
     report = reg.audit(model, optimizer_name=cfg.train.optimizer, lr=cfg.train.lr,
                        steps=cfg.train.max_steps, steps_per_epoch=steps_per_epoch)
     report.render(console=make_console())
+
+
+# What `audit --hf-config` compares by default: transformers.Trainer's set, then decaylab's own.
+HF_AUDIT_SETS = ("hf", "no_bias_norm", "matrices", "matrices_no_embedding")
+
+
+def _audit_hf(path: Path, compared: tuple[str, ...] | None, mode: str | None, weight_decay: float | None,
+              decay_set: str | None) -> None:
+    """`audit --hf-config`: the decay decisions of a Hugging Face architecture, checked against the Trainer's own."""
+    try:
+        from decaylab.integrations.transformers import hf_config_model, trainer_decay_names
+    except ImportError as exc:
+        raise UserError(f"--hf-config: {exc}") from None
+    from decaylab.regularization import Regularization, compare_decay_sets
+
+    model = hf_config_model(path)
+    console = make_console()
+    sets = compared or HF_AUDIT_SETS
+    comparison = compare_decay_sets(model, sets)
+    comparison.render(console=console)
+    trainer = set(trainer_decay_names(model))
+    hf = {row.name: row.decayed["hf"] for row in compare_decay_sets(model, "hf").rows if row.trainable}
+    differ = sorted(name for name, decayed in hf.items() if decayed != (name in trainer))
+    verdict = (f"matches transformers.Trainer.get_decay_parameter_names on this model: {len(trainer)} of "
+               f"{len(hf)} parameter tensors decayed" if not differ else
+               f"DIFFERS from transformers.Trainer.get_decay_parameter_names on {', '.join(differ[:5])}")
+    console.print(f"{type(model).__name__} from {path}: decay set hf (transformers.Trainer's default) {verdict}",
+                  markup=False, highlight=False)
+    if mode is not None or weight_decay is not None or decay_set is not None:
+        settings = {k: v for k, v in (("mode", mode), ("weight_decay", weight_decay), ("decay_set", decay_set))
+                    if v is not None}
+        _regularization(Regularization, _Settings(settings)).audit(model).render(console=console)
+
+
+class _Settings:
+    """What `_regularization` reads of a config, for settings given as flags alone."""
+
+    def __init__(self, settings: dict) -> None:
+        self.regularization = self
+        self._settings = settings
+
+    def model_dump(self) -> dict:
+        return dict(self._settings)
 
 
 def _regularization(factory, cfg):

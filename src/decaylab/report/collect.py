@@ -77,9 +77,10 @@ class RunData:
         return dict(self.config.get("regularization") or {})
 
     @property
-    def objective(self) -> str | None:
-        """`module:function` of the objective that trained this run (a sweep over a user's function), else None."""
-        return objective_of(self.config)
+    def trained_by(self) -> str | None:
+        """What trained this run outside decaylab's trainer (an objective `module:function`, `transformers.Trainer`
+        through its callback), else None."""
+        return trained_by(self.config)
 
     def checkpoint(self, name: str = "best") -> Path | None:
         """`checkpoints/<name>/model.safetensors` when present (else the other checkpoint)."""
@@ -90,15 +91,16 @@ class RunData:
         return None
 
 
-def objective_of(config: dict[str, Any] | None) -> str | None:
-    """The `objective` a run folder's config.yaml names (sweep/objective.py writes it), else None."""
-    name = (config or {}).get("objective")
+def trained_by(config: dict[str, Any] | None) -> str | None:
+    """What a run folder's config.yaml says trained it outside decaylab's trainer: its `objective` (a sweep over a
+    user's function, sweep/objective.py) or `trainer` (the Hugging Face callback); None for decaylab's own runs."""
+    name = (config or {}).get("objective") or (config or {}).get("trainer")
     return str(name) if name else None
 
 
-def run_objective(path: Path) -> str | None:
-    """The objective that trained the run folder `path`, or None (decaylab's own trainer, or no run)."""
-    return objective_of(_yaml(Path(path) / "config.yaml"))
+def run_trained_by(path: Path) -> str | None:
+    """`trained_by` of the run folder `path` (None: decaylab's own trainer, or no run)."""
+    return trained_by(_yaml(Path(path) / "config.yaml"))
 
 
 def is_run(path: Path) -> bool:

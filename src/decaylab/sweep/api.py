@@ -415,7 +415,7 @@ def _objective_sweep(objective: Callable[..., Any] | str | None, options: dict[s
     points = objective_points(spec.lambdas, spec.modes, spec.dropouts) if spec.strategy != "optuna" else [
         Point(m, spec.lambda_range[0], None) for m in spec.modes]
     check_objective_points(points, settings["regularization"], spec.modes)
-    if workers > 1:
+    if workers > 1 and not isinstance(objective, str) and objective is not None:
         try:
             pickle.dumps(function)
         except (pickle.PicklingError, AttributeError, TypeError):
@@ -433,7 +433,10 @@ def _objective_sweep(objective: Callable[..., Any] | str | None, options: dict[s
         url = storage_url(spec.storage, store.root)
         if spec.storage is not None or store.is_sweep():
             open_storage(url)
-    ctx = ObjectiveContext(str(store.root.resolve()), settings, spec.modes, "", folds, objective=function, name=name,
+    # An objective given by name is imported by name wherever a trial runs (a FILE.py module cannot be pickled to a
+    # worker process by reference); a function object travels as itself.
+    carried = None if isinstance(objective, str) or objective is None else function
+    ctx = ObjectiveContext(str(store.root.resolve()), settings, spec.modes, "", folds, objective=carried, name=name,
                            seed=settings["seed"], epochs=settings["epochs"], examples=settings["examples"],
                            params=settings["params"], regularization=settings["regularization"])
     try:

@@ -85,7 +85,10 @@ def load_objective(name: str) -> Objective:
     for part in attr.split("."):
         found = getattr(found, part, None)
         if found is None:
-            raise UserError(f"--objective {name}: {module_name} has no {attr!r}")
+            hint = "" if module_name != "__main__" else (
+                " (a function of a script run as __main__ is found again only by that script: resume from it with "
+                "objective=fn, or give the objective as FILE.py:FUNCTION)")
+            raise UserError(f"--objective {name}: {module_name} has no {attr!r}{hint}")
     if not callable(found):
         raise UserError(f"--objective {name}: {attr} is a {type(found).__name__}, not a function")
     return found
@@ -205,6 +208,7 @@ class Trial:
         self._model: nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._others: list[Any] = []
+        self._checkpoints = False  # whether reports checkpoint the watched objects
         self._optimizer_name: str | None = None
         self._lr: float | None = None
         self._started = time.perf_counter()
@@ -247,13 +251,21 @@ class Trial:
         self.watch(model, optimizer)
         return optimizer
 
-    def watch(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *others: Any) -> None:
+    def watch(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *others: Any,
+              checkpoint: bool = True) -> None:
         """Checkpoint the model's weights, the optimizer's and each other object's `state_dict` at every report
-        (restored by `restore()`); the model's norms, penalty and decay audit go into the trial's files too."""
+        (restored by `restore()`); the model's norms, penalty, best weights and decay audit go into the trial's
+        files too. `checkpoint=False`: only the latter (a framework that checkpoints on its own)."""
         for obj in others:
             if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
                 raise TypeError(f"trial.watch: {type(obj).__name__} has no state_dict()/load_state_dict()")
         self._model, self._optimizer, self._others = model, optimizer, list(others)
+        self._checkpoints = checkpoint
+
+    def load_best(self, model: nn.Module) -> None:
+        """Load the weights of the best report so far (`checkpoints/best`, saved for a watched model) into `model`:
+        the weights a final model is scored with."""
+        load_model_weights(self._paths.best, model)
 
     def restore(self) -> dict[str, Any] | None:
         """Continue from the trial's last checkpoint: load it into the watched objects and the random generators
@@ -269,15 +281,16 @@ class Trial:
             return None
         try:
             state = load_trainer_state(paths.last)
-            if self._model is not None:
+            if self._model is not None and self._checkpoints:
                 load_model_weights(paths.last, self._model)
         except DamagedFile as exc:
             raise exc.saying(f"the trial cannot continue from it: remove {self.path} and the sweep's --resume "
                              "trains it again") from None
-        if self._optimizer is not None and state["optimizer"]:
-            self._optimizer.load_state_dict(state["optimizer"])
-        for obj, saved in zip(self._others, state.get("watched") or [], strict=False):
-            obj.load_state_dict(saved)
+        if self._checkpoints:
+            if self._optimizer is not None and state["optimizer"]:
+                self._optimizer.load_state_dict(state["optimizer"])
+            for obj, saved in zip(self._others, state.get("watched") or [], strict=False):
+                obj.load_state_dict(saved)
         torch.set_rng_state(state["rng_torch"])
         if "rng_python" in state:
             random.setstate(_as_tuple(state["rng_python"]))
@@ -297,13 +310,15 @@ class Trial:
         covered = [row for row in self.history if row["step"] <= step]
         progress = {"step": int(step), "epoch": covered[-1]["epoch"] if covered else 0, "wall_s": self._wall(),
                     "best_val_loss": self._best, "stopped_early": False}
+        watched = self._checkpoints
         trainer_state: dict[str, Any] = {
-            "optimizer": self._optimizer.state_dict() if self._optimizer is not None else {}, "scheduler": {},
-            "progress": progress, "rng_torch": torch.get_rng_state(), "rng_python": random.getstate(),
-            "watched": [obj.state_dict() for obj in self._others], "state": state or {}}
+            "optimizer": self._optimizer.state_dict() if watched and self._optimizer is not None else {},
+            "scheduler": {}, "progress": progress, "rng_torch": torch.get_rng_state(),
+            "rng_python": random.getstate(), "watched": [obj.state_dict() for obj in self._others] if watched else [],
+            "state": state or {}}
         if torch.cuda.is_available():
             trainer_state["rng_cuda"] = torch.cuda.get_rng_state_all()
-        tensors = model_tensors(self._model) if self._model is not None else {}
+        tensors = model_tensors(self._model) if watched and self._model is not None else {}
         save_checkpoint(self._paths.last, tensors, trainer_state)
 
     # -- reporting ------------------------------------------------------------------------------------------
@@ -339,7 +354,7 @@ class Trial:
             self._best = val
             if self._model is not None:
                 save_checkpoint(self._paths.best, self._model, None)
-        if self._model is not None or self._optimizer is not None or self._others or state is not None:
+        if self._checkpoints or state is not None:
             self.save_checkpoint(state, step)
         if self.budget is not None and row["epoch"] >= self.budget - 1e-9:
             self.stopped = "done"
@@ -363,27 +378,8 @@ class Trial:
 
     def _row(self, step: int, val: float, train_loss: float | None, epoch: float | None,
              extra: dict[str, Any]) -> dict[str, Any]:
-        train = float(train_loss) if train_loss is not None else None
-        reference = extra.get("train_eval_loss", train)
-        row: dict[str, Any] = {
-            "step": step, "epoch": float(epoch) if epoch is not None else float(len(self.history) + 1),
-            "train_loss": train, "val_loss": val, "val_ppl": perplexity(val),
-            "gap": val - float(reference) if reference is not None else None}
-        if self._model is not None:
-            with torch.no_grad():
-                row["penalty"] = float(self.regularization.penalty(self._model))
-            row.update(self.regularization.norms(self._model))
-        if self._optimizer is not None:
-            row["lr"] = float(self._optimizer.param_groups[0]["lr"])
-            try:
-                row["decay_factor"] = self.regularization.decay_factor(self._optimizer)
-                row["weight_decay_t"] = self.regularization.weight_decay_now(self._optimizer)
-            except (ValueError, KeyError):  # an optimizer the Regularization did not build: no decay to read
-                pass
-        for key, value in extra.items():
-            row[key] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-        row["wall_s"] = self._wall()
-        return row
+        return metrics_row(self.regularization, self._model, self._optimizer, step, val, train_loss,
+                           float(epoch) if epoch is not None else float(len(self.history) + 1), extra, self._wall())
 
     def _stop(self, raise_stop: bool) -> bool:
         if raise_stop:
@@ -412,6 +408,34 @@ class Trial:
                 optimizer_name=self._optimizer_name if self._optimizer_name in OPTIMIZERS else None).to_dict()
         except ValueError as exc:
             return {"error": f"audit unavailable: {exc}"}
+
+
+def metrics_row(regularization: Regularization, model: nn.Module | None, optimizer: torch.optim.Optimizer | None,
+                step: int, val_loss: float, train_loss: float | None, epoch: float, extra: dict[str, Any],
+                wall_s: float) -> dict[str, Any]:
+    """One metrics.jsonl row of a model trained outside decaylab's trainer, with the fields a built-in run's row has
+    (loss, perplexity, gap; the model's decayed/other/all weight norms and penalty; the optimizer's lr, per-step
+    decay factor and λ_t), so the report reads both alike."""
+    train = float(train_loss) if train_loss is not None else None
+    reference = extra.get("train_eval_loss", train)
+    row: dict[str, Any] = {"step": step, "epoch": epoch, "train_loss": train, "val_loss": val_loss,
+                           "val_ppl": perplexity(val_loss),
+                           "gap": val_loss - float(reference) if reference is not None else None}
+    if model is not None:
+        with torch.no_grad():
+            row["penalty"] = float(regularization.penalty(model))
+        row.update(regularization.norms(model))
+    if optimizer is not None:
+        row["lr"] = float(optimizer.param_groups[0]["lr"])
+        try:
+            row["decay_factor"] = regularization.decay_factor(optimizer)
+            row["weight_decay_t"] = regularization.weight_decay_now(optimizer)
+        except (ValueError, KeyError):  # an optimizer the Regularization did not build: no decay to read
+            pass
+    for key, value in extra.items():
+        row[key] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    row["wall_s"] = wall_s
+    return row
 
 
 def _as_tuple(value: Any) -> Any:
