@@ -62,9 +62,10 @@ def blocks(texts: list[str], documents: int, vocab: int) -> list[dict[str, torch
     examples = []
     for start in range(0, len(ids) - 1, BLOCK):
         chunk = ids[start : start + BLOCK]
-        labels = chunk + [-100] * (BLOCK - len(chunk))  # -100: not scored
-        examples.append({"input_ids": torch.tensor(chunk + [PAD_ID] * (BLOCK - len(chunk))),
-                         "labels": torch.tensor(labels)})
+        pad = BLOCK - len(chunk)
+        examples.append({"input_ids": torch.tensor(chunk + [PAD_ID] * pad),
+                         "attention_mask": torch.tensor([1] * len(chunk) + [0] * pad),
+                         "labels": torch.tensor(chunk + [-100] * pad)})  # -100: not scored
     return examples
 
 
