@@ -27,8 +27,10 @@ LAYERS: list[list[str]] = [
     ["runfolder"],
     ["generation"],
     ["evaluation"],
+    ["run"],
     ["training"],
     ["sweep"],
+    ["integrations"],
     ["report"],
     ["demo", "cli", "__main__"],
 ]
@@ -182,6 +184,23 @@ def test_no_import_goes_to_a_higher_layer() -> None:
 def test_no_import_cycle() -> None:
     cycles = import_cycles(GRAPH)
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_the_package_root_hands_out_the_public_api_by_name_only() -> None:
+    """`decaylab.load`, `decaylab.sweep`, … come from the root's `__getattr__` by module name (no import statement
+    in the root, so no arrow up from layer 1); nothing inside the package takes them from the root."""
+    import decaylab
+
+    for name, home in decaylab.PUBLIC.items():
+        assert home in MODULES, f"decaylab.PUBLIC[{name!r}] names {home}, which does not exist"
+        assert getattr(decaylab, name) is not None
+    assert callable(decaylab.sweep) and callable(decaylab.load)
+    through_root = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == PACKAGE and not node.level:
+                through_root += [f"{module}: {alias.name}" for alias in node.names if alias.name in decaylab.PUBLIC]
+    assert not through_root, f"import these from their own modules, not the package root: {through_root}"
 
 
 @pytest.fixture

@@ -142,62 +142,39 @@ def generate(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
 ) -> None:
     """Translate each input line, or continue each prompt of a language model; one output per line on stdout."""
-    import json
+    from decaylab.run import check_options, load
 
-    from decaylab.generation import continue_prompts, translate
-    from decaylab.generation.limits import input_token_limit
-    from decaylab.runfolder.load import load_trained
-
-    _at_least("generate", "--beam", beam, 1)
-    _at_least("generate", "--top-k", top_k, 0)
-    _at_least("generate", "--max-new-tokens", max_new_tokens, 1)
-    if not temperature > 0:
-        raise UserError(f"generate: --temperature: must be > 0 (got {temperature:g})")
-    if not 0 < top_p <= 1:
-        raise UserError(f"generate: --top-p: must be in (0, 1] (got {top_p:g})")
-    if length_penalty is not None and not length_penalty >= 0:
-        raise UserError(f"generate: --length-penalty: must be >= 0 (got {length_penalty:g})")
-    if method is not None and method not in ("greedy", "beam", "sample"):
-        raise UserError(f"generate: --method: must be one of greedy, beam, sample (got {method!r})")
+    try:  # checked before the model loads, so a typo costs nothing
+        check_options(beam, method, max_new_tokens, length_penalty, temperature, top_k, top_p)
+    except ValueError as exc:
+        name, _, rest = str(exc).partition(": ")
+        raise UserError(f"generate: --{name.replace('_', '-')}: {rest}") from None
     if input is None and not prompt:
         raise UserError("generate: give the inputs: --input FILE (or - for stdin) and/or --prompt TEXT")
-    trained = load_trained(run, checkpoint, device)
+    trained = load(run, checkpoint, device, option="--checkpoint")
     lines = list(prompt or []) + (_read_lines(input) if input is not None else [])
-    gen = trained.config.generation
-    chosen = method or ("beam" if beam > 1 else "greedy")
-    penalty = gen.length_penalty if length_penalty is None else length_penalty
     where = "stdin" if input == "-" else input or "--prompt"
+    if trained.language_model:
+        context = trained.context
+
+        def warn(index: int, tokens: int) -> None:
+            print(f"warning: {where}:{index + 1}: a prompt of {tokens:,} tokens does not fit the model's "
+                  f"{context} positions with --max-new-tokens: its last tokens are kept", file=sys.stderr)
+    else:
+        limit, why = trained.input_limit()
+
+        def warn(index: int, tokens: int) -> None:
+            size = "far more" if tokens < 0 else f"{tokens:,} tokens, more"
+            print(f"warning: {where}:{index + 1}: {size} than this model takes ({limit} tokens: {why}; set "
+                  "generation.max_input_tokens to change it): cut to its first tokens", file=sys.stderr)
     try:
-        if trained.config.data.kind == "text":
-            model_cfg = trained.config.model
-            context = model_cfg.max_positions if model_cfg.positions == "learned" else None
-
-            def cut_prompt(index: int, tokens: int) -> None:
-                print(f"warning: {where}:{index + 1}: a prompt of {tokens:,} tokens does not fit the model's "
-                      f"{context} positions with --max-new-tokens: its last tokens are kept", file=sys.stderr)
-
-            outputs = continue_prompts(
-                trained.model, trained.tokenizer, lines, max_new_tokens=max_new_tokens or 64, method=chosen,
-                beam=beam, length_penalty=penalty, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                max_context=context, on_cut=cut_prompt)
-        else:
-            meta = json.loads(trained.paths.meta.read_text(encoding="utf-8")) if trained.paths.meta.is_file() else {}
-            limit, why = input_token_limit(trained.config, meta)
-
-            def warn(index: int, tokens: int) -> None:
-                size = "far more" if tokens < 0 else f"{tokens:,} tokens, more"
-                print(f"warning: {where}:{index + 1}: {size} than this model takes ({limit} tokens: {why}; set "
-                      "generation.max_input_tokens to change it): cut to its first tokens", file=sys.stderr)
-
-            ratio, extra = (0.0, max_new_tokens) if max_new_tokens else (gen.max_len_ratio, gen.max_len_extra)
-            outputs = translate(
-                trained.model, trained.tokenizer, lines, method=chosen, beam=beam, length_penalty=penalty,
-                max_len_ratio=ratio, max_len_extra=extra, device=trained.device, temperature=temperature,
-                top_k=top_k, top_p=top_p, seed=seed, max_input_tokens=limit, on_cut=warn)
+        outputs = trained.generate(lines, beam=beam, method=method, max_new_tokens=max_new_tokens,
+                                   length_penalty=length_penalty, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   seed=seed, on_cut=warn)
     except ValueError as exc:  # the search validates its arguments; show which option was wrong, not a traceback
         raise UserError(f"generate: {exc}") from None
     # a language model's text may hold line breaks, never a blank line (that ends a document): one separates outputs
-    separator = "\n\n" if trained.config.data.kind == "text" else "\n"
+    separator = "\n\n" if trained.language_model else "\n"
     sys.stdout.write(separator.join(outputs) + "\n")
 
 
@@ -286,11 +263,15 @@ def evaluate(
     from rich.markup import escape
     from rich.table import Table
 
-    from decaylab.evaluation.evaluate import evaluate_run
+    from decaylab.evaluation.evaluate import SPLITS
+    from decaylab.run import load
 
     _at_least("evaluate", "--beam", beam, 1)
     _at_least("evaluate", "--max-examples", max_examples, 1)
-    result = evaluate_run(run, split, beam, checkpoint, max_examples, device)
+    if split not in SPLITS:  # before the model loads
+        raise UserError(f"--split: must be one of {', '.join(SPLITS)} (got {split!r})")
+    result = load(run, checkpoint, device, option="--checkpoint").evaluate(split, beam=beam,
+                                                                           max_examples=max_examples)
     console = make_console()
     if "bits_per_character" in result:  # a language model
         title = (f"{run} — {split} ({result['documents']} documents, {result['tokens']:,} tokens, "
@@ -323,12 +304,26 @@ def audit(
         help="Comma-separated decay sets (e.g. hf,timm,nanogpt) to compare on this model instead: each one's "
              "decision per parameter, rows where they disagree marked. Allowed: " + ", ".join(DECAY_SETS) + ".",
     )] = None,
+    hf_config: Annotated[Path | None, typer.Option(
+        "--hf-config", help="A Hugging Face model config JSON (a model's config.json): the architecture is built "
+                            "from it with random weights (nothing is downloaded) and its decay decisions under "
+                            "transformers.Trainer's default (hf) and decaylab's sets are compared (--compare "
+                            "picks the sets; --mode/--lambda/--decay-set add the full audit). Needs the hf extra.",
+    )] = None,
 ) -> None:
     """Show which parameters are decayed, with what λ, and warn about known pitfalls (or compare decay sets)."""
     try:  # checked before the model is built, so a typo costs nothing
         compared = decay_set_names(compare) if compare is not None else None
     except ValueError as exc:
         raise UserError(f"--compare: {exc}") from None
+    if hf_config is not None:
+        for name, value in (("CONFIG", config), ("--set", sets), ("--vocab-size", vocab_size),
+                            ("--steps-per-epoch", steps_per_epoch)):
+            if value is not None:
+                raise UserError(f"--hf-config: audits a Hugging Face architecture; {name} describes decaylab's own "
+                                "models")
+        _audit_hf(hf_config, compared, mode, weight_decay, decay_set)
+        return
 
     from decaylab.config import build_run_config
     from decaylab.models import build_model
@@ -416,6 +411,49 @@ def recommend(
     else:
         echo(f"this config (mode {reg.mode}): τ does not apply ({problem}); sweep decoupled decay over this span "
              f"with `decaylab sweep --mode decoupled --taus {grid}`")
+
+
+# What `audit --hf-config` compares by default: transformers.Trainer's set, then decaylab's own.
+HF_AUDIT_SETS = ("hf", "no_bias_norm", "matrices", "matrices_no_embedding")
+
+
+def _audit_hf(path: Path, compared: tuple[str, ...] | None, mode: str | None, weight_decay: float | None,
+              decay_set: str | None) -> None:
+    """`audit --hf-config`: the decay decisions of a Hugging Face architecture, checked against the Trainer's own."""
+    try:
+        from decaylab.integrations.transformers import hf_config_model, trainer_decay_names
+    except ImportError as exc:
+        raise UserError(f"--hf-config: {exc}") from None
+    from decaylab.regularization import Regularization, compare_decay_sets
+
+    model = hf_config_model(path)
+    console = make_console()
+    sets = compared or HF_AUDIT_SETS
+    comparison = compare_decay_sets(model, sets)
+    comparison.render(console=console)
+    trainer = set(trainer_decay_names(model))
+    hf = {row.name: row.decayed["hf"] for row in compare_decay_sets(model, "hf").rows if row.trainable}
+    differ = sorted(name for name, decayed in hf.items() if decayed != (name in trainer))
+    verdict = (f"matches transformers.Trainer.get_decay_parameter_names on this model: {len(trainer)} of "
+               f"{len(hf)} parameter tensors decayed" if not differ else
+               f"DIFFERS from transformers.Trainer.get_decay_parameter_names on {', '.join(differ[:5])}")
+    console.print(f"{type(model).__name__} from {path}: decay set hf (transformers.Trainer's default) {verdict}",
+                  markup=False, highlight=False)
+    if mode is not None or weight_decay is not None or decay_set is not None:
+        settings = {k: v for k, v in (("mode", mode), ("weight_decay", weight_decay), ("decay_set", decay_set))
+                    if v is not None}
+        _regularization(Regularization, _Settings(settings)).audit(model).render(console=console)
+
+
+class _Settings:
+    """What `_regularization` reads of a config, for settings given as flags alone."""
+
+    def __init__(self, settings: dict) -> None:
+        self.regularization = self
+        self._settings = settings
+
+    def model_dump(self) -> dict:
+        return dict(self._settings)
 
 
 def _regularization(factory, cfg):
@@ -591,12 +629,47 @@ def sweep(
                                             "(its files are removed first; other files, and a study in an "
                                             "external --storage, stay).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")] = False,
+    objective: Annotated[str | None, typer.Option(help="Sweep over your own training function instead of "
+                                                  "decaylab's models: MODULE:FUNCTION or FILE.py:FUNCTION, called "
+                                                  "with a Trial per trial (docs/python.md).")] = None,
+    examples: Annotated[int | None, typer.Option(help="--objective with cv: how many training examples the folds "
+                                                 "split (the Trial hands out their indices).")] = None,
+    param: Annotated[list[str] | None, typer.Option(help="--objective: NAME=VALUE handed to every trial as "
+                                                    "trial.params (repeatable).")] = None,
 ) -> None:
     """Choose λ on evidence: grid, k-fold CV, Optuna or successive halving; writes sweeps/NAME/ and prints the table."""
     from decaylab.config import build_run_config, flag_overrides
-    from decaylab.report import write_report
     from decaylab.sweep.api import sweep as run_sweep
-    from decaylab.sweep.render import render_table
+
+    common = {"strategy": strategy, "lambdas": lambdas, "modes": mode, "dropouts": dropout, "folds": folds,
+              "rule": rule, "metric": metric, "trials": trials, "storage": storage, "study": study, "join": join,
+              "workers": workers, "eta": eta, "min_epochs": min_epochs, "pruner": pruner,
+              "no_zero": no_zero or None, "resume": resume, "final": not no_final, "quiet": quiet, "seeds": seeds,
+              "overwrite": overwrite}
+    if objective is not None or (resume is not None and _objective_sweep(resume)):
+        for flag, value in (("--config", config), ("--data", data), ("--preset", preset), ("--lr", lr),
+                            ("--optimizer", optimizer), ("--max-examples", max_examples), ("--device", device),
+                            ("--precision", precision), ("--vectorized", vectorized or None),
+                            ("--replicas", replicas)):
+            if value is not None:
+                raise UserError(f"{flag}: configures decaylab's own trainer; an --objective trains its own model "
+                                "(hand it your settings with --param NAME=VALUE)")
+        if output is None and resume is None:
+            import time
+
+            output = Path("sweeps") / f"objective-{strategy or 'grid'}-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            result = run_sweep(objective=objective, examples=examples, epochs=epochs, seed=seed,
+                               regularization=_objective_regularization(decay_set, l1, sets),
+                               params=_params(param), output=output, **common)
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted; continue with `decaylab sweep --resume {resume or output}`", err=True)
+            raise SystemExit(130) from None
+        _finish_sweep(result, join)
+        return
+    for flag, value in (("--examples", examples), ("--param", param)):
+        if value is not None:
+            raise UserError(f"{flag}: goes with --objective (a sweep over your own training function)")
 
     flags = {"data.name": data, "model.preset": preset, "train.epochs": epochs, "train.lr": lr,
              "train.optimizer": optimizer, "regularization.l1": l1, "regularization.decay_set": decay_set,
@@ -620,6 +693,14 @@ def sweep(
     except KeyboardInterrupt:
         typer.echo(f"interrupted; continue with `decaylab sweep --resume {resume or output}`", err=True)
         raise SystemExit(130) from None
+    _finish_sweep(result, join)
+
+
+def _finish_sweep(result, join: bool) -> None:
+    """Print the table and write the sweep's report (a --join worker leaves the report to the leader)."""
+    from decaylab.report import write_report
+    from decaylab.sweep.render import render_table
+
     render_table(result.summary, f"sweep {result.path} ({result.summary['strategy']})")
     typer.echo(f"sweep folder {result.path}")
     if not join:  # a --join worker leaves the report to the process that chooses λ
@@ -627,6 +708,39 @@ def sweep(
 
         with FolderLock(result.path):  # written as the sweep folder's owner, as the sweep was
             typer.echo(f"report {write_report(result.path)}")
+
+
+def _objective_sweep(folder: Path) -> bool:
+    """True when `folder` holds a sweep over an objective (its sweep.yaml names one)."""
+    from decaylab.sweep.store import SweepStore
+
+    return "objective" in SweepStore(folder).read_record()
+
+
+def _objective_regularization(decay_set: str | None, l1: float | None, sets: list[str] | None) -> dict | None:
+    """The base regularization an objective's trials start from: --decay-set, --l1, --set regularization.*=…."""
+    from decaylab.config import parse_override
+
+    settings: dict = {}
+    for text in sets or []:
+        path, value = parse_override(text)
+        if len(path) != 2 or path[0] != "regularization":
+            raise UserError(f"--set {text}: with --objective, --set takes regularization.FIELD=VALUE only (your "
+                            "objective's own settings go in --param NAME=VALUE)")
+        settings[path[1]] = value
+    settings.update({k: v for k, v in (("decay_set", decay_set), ("l1", l1)) if v is not None})
+    return settings or None
+
+
+def _params(items: list[str] | None) -> dict | None:
+    """--param NAME=VALUE (values read as YAML: numbers, booleans, lists) as a dict."""
+    from decaylab.config import parse_override
+
+    params: dict = {}
+    for text in items or []:
+        path, value = parse_override(text)
+        params[".".join(path)] = value
+    return params or None
 
 
 # Commands that live beside their package register here (their modules import only typer at the top).

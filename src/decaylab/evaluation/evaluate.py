@@ -34,7 +34,14 @@ def evaluate_run(run_dir: Path, split: str = "test", beam: int | None = None, ch
     """Evaluate one split of a run and merge the result into the run's eval.json (keyed by split)."""
     if split not in SPLITS:
         raise UserError(f"--split: must be one of {', '.join(SPLITS)} (got {split!r})")
-    run = load_trained(run_dir, checkpoint, device)
+    return evaluate_trained(load_trained(run_dir, checkpoint, device), split, beam, checkpoint, max_examples)
+
+
+def evaluate_trained(run: TrainedRun, split: str = "test", beam: int | None = None, checkpoint: str = "best",
+                     max_examples: int | None = None) -> dict[str, Any]:
+    """`evaluate_run` of a run already loaded (its `checkpoint` names the weights it holds, for eval.json)."""
+    if split not in SPLITS:
+        raise UserError(f"--split: must be one of {', '.join(SPLITS)} (got {split!r})")
     splits = load_splits(run.config.data)
     try:
         meta = read_json_object(run.paths.meta) or {}

@@ -9,7 +9,18 @@ from decaylab.errors import DamagedFile, UserError
 
 
 def audit_run(run: Path, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """AuditReport.to_dict() of the run's model and settings, or {"error": why} when it cannot be built."""
+    """AuditReport.to_dict() of the run's model and settings, or {"error": why} when it cannot be built.
+
+    A run an objective trained (a sweep over a user's function) carries the audit of its own model in audit.json.
+    """
+    recorded = Path(run) / "audit.json"
+    if recorded.is_file():
+        from decaylab.files import read_json_object
+
+        try:
+            return read_json_object(recorded) or {}
+        except DamagedFile as exc:
+            return {"error": f"audit unavailable: {exc}"}
     try:
         from decaylab.data.tokenizer import load_tokenizer
         from decaylab.models import build_model

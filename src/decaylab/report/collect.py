@@ -76,6 +76,12 @@ class RunData:
         """The run's regularization section."""
         return dict(self.config.get("regularization") or {})
 
+    @property
+    def trained_by(self) -> str | None:
+        """What trained this run outside decaylab's trainer (an objective `module:function`, `transformers.Trainer`
+        through its callback), else None."""
+        return trained_by(self.config)
+
     def checkpoint(self, name: str = "best") -> Path | None:
         """`checkpoints/<name>/model.safetensors` when present (else the other checkpoint)."""
         for which in (name, "last" if name == "best" else "best"):
@@ -83,6 +89,18 @@ class RunData:
             if path.is_file():
                 return path
         return None
+
+
+def trained_by(config: dict[str, Any] | None) -> str | None:
+    """What a run folder's config.yaml says trained it outside decaylab's trainer: its `objective` (a sweep over a
+    user's function, sweep/objective.py) or `trainer` (the Hugging Face callback); None for decaylab's own runs."""
+    name = (config or {}).get("objective") or (config or {}).get("trainer")
+    return str(name) if name else None
+
+
+def run_trained_by(path: Path) -> str | None:
+    """`trained_by` of the run folder `path` (None: decaylab's own trainer, or no run)."""
+    return trained_by(_yaml(Path(path) / "config.yaml"))
 
 
 def is_run(path: Path) -> bool:

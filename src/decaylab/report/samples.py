@@ -60,6 +60,12 @@ def translate_samples(models: list[tuple[str, Path]], n: int = 5) -> Samples:
     """Greedy translations of the same n validation sources by every (label, run folder) given."""
     if not models or n <= 0:
         return Samples(note="no model to translate with")
+    from decaylab.report.collect import run_trained_by
+
+    outside = next((name for _, run in models if (name := run_trained_by(run))), None)
+    if outside is not None:
+        return Samples(note=f"the models were trained by {outside}, whose text generation is its own: no samples "
+                            "(the curves, norms and audit are from its reports and model)")
     try:
         from sacrebleu.metrics import CHRF
 

@@ -37,8 +37,9 @@ def other_checkpoint(run_dir: Path, damaged: str, option: str = "--checkpoint") 
     """What still works when `checkpoints/<damaged>` cannot be read: the other checkpoint, if it is whole."""
     other = "last" if damaged == "best" else "best"
     if checkpoint_problem(Path(run_dir) / "checkpoints" / other) is None:
-        if option:
-            return f"checkpoints/{other} is intact: use {option} {other}"
+        if option:  # a flag (--checkpoint last) or a Python keyword (checkpoint="last")
+            use = f'{option}"{other}"' if option.endswith("=") else f"{option} {other}"
+            return f"checkpoints/{other} is intact: use {use}"
         return f"checkpoints/{other} is intact (generate and evaluate work with --checkpoint {other})"
     return f"checkpoints/{other} cannot be used either, so no weights of this run are left: train it again"
 

@@ -99,11 +99,18 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
           no_zero: bool | None = None, output: str | Path | None = None, resume: str | Path | None = None,
           final: bool = True, quiet: bool = True, vectorized: bool = False, replicas: int | None = None,
           seeds: int | None = None, runner: TrialRunner = run_trials, overwrite: bool = False,
-          taus: str | Sequence[float] | None = None) -> SweepResult:
+          taus: str | Sequence[float] | None = None, objective: Callable[..., Any] | str | None = None,
+          examples: int | None = None, epochs: int | None = None, seed: int | None = None,
+          regularization: Any = None, params: dict[str, Any] | None = None) -> SweepResult:
     """Choose λ on evidence (grid, cv, optuna or halving); see docs/sweeps.md. Bad input raises UserError.
 
     `taus` sweeps λ's EMA timescale τ in epochs instead of λ (`log:LO:HI:N` or a list; not with `lambdas`): each
     trial derives its λ from τ on the data it trains on, and the table shows both (docs/regularization.md).
+
+    With `objective` (a function `fn(trial)`, or its name `module:function`) the trials call that function instead
+    of decaylab's trainer (docs/python.md): `examples` (how many training examples the CV folds split), `epochs`
+    (the full budget, for halving), `seed`, the base `regularization` (a Regularization or its settings: decay
+    set, exclude, multipliers, …) and `params` (handed to every trial) take the place of the config.
 
     The process that runs the sweep (not a `join` worker) owns its folder (runfolder/lock.py) while it runs; every
     trial's folder is owned by the process that trains it. A new sweep in a folder that holds one is refused
@@ -117,6 +124,22 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
     say = _say_to_stderr(quiet)
     if workers < 1:
         raise UserError(f"--workers: must be at least 1 (got {workers})")
+    objective_args = {"examples": examples, "epochs": epochs, "seed": seed, "regularization": regularization,
+                      "params": params}
+    if objective is not None or (resume is not None and "objective" in SweepStore(Path(resume)).read_record()):
+        if config is not None or overrides or vectorized or runner is not run_trials:
+            what = ("config" if config is not None else "overrides" if overrides else
+                    "vectorized" if vectorized else "runner")
+            raise UserError(f"{what}: belongs to a sweep of decaylab's own models; an objective trains its own")
+        options = {"strategy": strategy, "lambdas": lambdas, "modes": modes, "dropouts": dropouts, "folds": folds,
+                   "rule": rule, "metric": metric, "trials": trials, "storage": storage, "study": study, "eta": eta,
+                   "min_epochs": min_epochs, "pruner": pruner, "no_zero": no_zero, "seeds": seeds}
+        return _objective_sweep(objective, options, objective_args, workers=workers, join=join, output=output,
+                                resume=resume, final=final, quiet=quiet, overwrite=overwrite, started=started)
+    for name, value in objective_args.items():
+        if value is not None:
+            raise UserError(f"{name}: belongs to a sweep over an objective (objective=...); decaylab's own "
+                            "trainer takes it from the config")
     if replicas is not None and (replicas < 1 or not vectorized):
         raise UserError(f"--replicas: needs --vectorized and a value of at least 1 (got {replicas})")
     if overwrite and (resume is not None or join):
@@ -339,6 +362,194 @@ def _reusable(spec: SweepSpec, rows: list[dict[str, Any]], point: Point, base: C
     matches = [r for r in rows if (r["mode"], r["lambda"], r["dropout"]) == (point.mode, point.lam, point.dropout)
                and r["status"] == "done" and (r.get("budget") is None or r["budget"] >= base.train.epochs)
                and r.get("seed") in (None, base.seed)]  # a seed repeat's run is not the final model's
+    if not matches:
+        return None
+    return min(matches, key=lambda r: r["best_val_loss"])["trial"]
+
+
+def _objective_sweep(objective: Callable[..., Any] | str | None, options: dict[str, Any], args: dict[str, Any], *,
+                     workers: int, join: bool, output: str | Path | None, resume: str | Path | None, final: bool,
+                     quiet: bool, overwrite: bool, started: float) -> SweepResult:
+    """`sweep(objective=fn, ...)`: the same plan, folder, resume, selection and summary, with the user's function
+    training each trial (sweep/objective.py)."""
+    import pickle
+
+    from decaylab.sweep.folds import fold_indices
+    from decaylab.sweep.objective import (
+        ObjectiveContext,
+        base_regularization,
+        check_objective_points,
+        load_objective,
+        objective_name,
+        objective_points,
+    )
+
+    say = _say_to_stderr(quiet)
+    if overwrite and (resume is not None or join):
+        raise UserError(f"--overwrite: starts a new sweep in place of an old one; it does not go with "
+                        f"{'--resume' if resume is not None else '--join'}")
+    given = {k: v for k, v in options.items() if v is not None}
+    if isinstance(objective, str):
+        name, function = objective, load_objective(objective)
+    elif objective is not None:
+        name, function = objective_name(objective), objective
+    stored: dict[str, Any] | None = None
+    if resume is not None:
+        store = SweepStore(Path(resume))
+        stored = store.read_record()
+        if "objective" not in stored:
+            raise UserError(f"{store.root}: this sweep trains decaylab's own models; it has no objective")
+        if output is not None and Path(output).resolve() != store.root.resolve():
+            raise UserError("--output and --resume name different folders; give only --resume DIR")
+        if objective is None:
+            name, function = stored["objective"], load_objective(stored["objective"])
+        settings = {**stored["base"], **{k: v for k, v in args.items() if v is not None}}
+        if isinstance(args["regularization"], dict):  # fields given on a resume go on top of the recorded ones
+            settings["regularization"] = base_regularization({**stored["base"]["regularization"],
+                                                              **args["regularization"]})
+        elif args["regularization"] is not None:
+            settings["regularization"] = base_regularization(args["regularization"])
+        if given.get("strategy", stored["spec"]["strategy"]) != stored["spec"]["strategy"]:
+            raise UserError(f"{store.root}: this sweep was started with --strategy {stored['spec']['strategy']}, "
+                            f"not {given['strategy']}; resume it with its own settings or start a new sweep")
+        spec_args = {**_spec_args(SweepSpec(**stored["spec"])), **given}
+    else:
+        settings = {"seed": args["seed"] if args["seed"] is not None else 0, "epochs": args["epochs"],
+                    "examples": args["examples"], "regularization": base_regularization(args["regularization"]),
+                    "params": dict(args["params"] or {})}
+        spec_args = given
+    mode = settings["regularization"]["mode"]
+    spec = build_spec(**{k: v for k, v in spec_args.items() if k != "no_zero"},
+                      no_zero=bool(spec_args.get("no_zero")), join=join,
+                      default_mode=mode if mode in DECAY_MODES else "decoupled")
+    if resume is None:
+        store = SweepStore(Path(output) if output is not None else _default_output(None, spec))
+        if spec.strategy == "optuna" and spec.study is None:
+            spec.study = store.root.resolve().name
+    for key in ("epochs", "examples"):
+        value = settings[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"--{key}: must be a whole number of at least 1 (got {value!r})")
+    if spec.strategy == "halving" and settings["epochs"] is None:
+        raise UserError("--epochs: successive halving needs the full budget in epochs (the trial's report(epoch=…) "
+                        "counts them)")
+    if spec.min_epochs is not None and spec.min_epochs >= settings["epochs"]:
+        raise UserError(f"--min-epochs: must be below --epochs ({settings['epochs']}), got {spec.min_epochs}")
+    if spec.metric != "loss":
+        say(f"--metric {spec.metric}: the objective must report {spec.metric}=… with each evaluation")
+    folds = None
+    if spec.strategy == "cv":
+        if settings["examples"] is None:
+            raise UserError("--examples: cross-validation splits the objective's training examples into folds; "
+                            "give how many there are")
+        folds = fold_indices(settings["examples"], spec.folds, settings["seed"])
+    points = objective_points(spec.lambdas, spec.modes, spec.dropouts) if spec.strategy != "optuna" else [
+        Point(m, spec.lambda_range[0], None) for m in spec.modes]
+    check_objective_points(points, settings["regularization"], spec.modes)
+    if workers > 1 and not isinstance(objective, str) and objective is not None:
+        try:
+            pickle.dumps(function)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            raise UserError(f"--workers {workers}: the objective {name} cannot be sent to worker processes (define "
+                            "it at the top level of an importable module)") from None
+    record = {"version": RECORD_VERSION, "objective": name, "spec": spec.to_dict(), "base": settings,
+              "data_fingerprint": None}
+    if stored is not None:
+        store.check_same(stored, record)
+    else:
+        _check_folder(store, record, join, overwrite)
+    if spec.strategy == "optuna":
+        from decaylab.sweep.optuna_search import open_storage, storage_url
+
+        url = storage_url(spec.storage, store.root)
+        if spec.storage is not None or store.is_sweep():
+            open_storage(url)
+    # An objective given by name is imported by name wherever a trial runs (a FILE.py module cannot be pickled to a
+    # worker process by reference); a function object travels as itself.
+    carried = None if isinstance(objective, str) or objective is None else function
+    ctx = ObjectiveContext(str(store.root.resolve()), settings, spec.modes, "", folds, objective=carried, name=name,
+                           seed=settings["seed"], epochs=settings["epochs"], examples=settings["examples"],
+                           params=settings["params"], regularization=settings["regularization"])
+    try:
+        if join:
+            return _run_objective(spec, ctx, store, record, points, workers, join, resume is not None, final, quiet,
+                                  started)
+        with FolderLock(store.root):
+            if stored is None:
+                _check_folder(store, record, join, overwrite)
+                if overwrite:
+                    store.clear()
+            return _run_objective(spec, ctx, store, record, points, workers, join, resume is not None, final, quiet,
+                                  started)
+    except WriteError as exc:
+        go_on = (f"continue with `decaylab sweep --resume {store.root}`" if store.is_sweep()
+                 else "start the sweep again")
+        raise WriteError(exc.detail, f"{go_on} {exc.when}", exc.full) from exc.__cause__
+
+
+def _run_objective(spec: SweepSpec, ctx: Any, store: SweepStore, record: dict[str, Any], points: list[Point],
+                   workers: int, join: bool, resuming: bool, final: bool, quiet: bool,
+                   started: float) -> SweepResult:
+    from decaylab.sweep.cv import run_cv
+    from decaylab.sweep.grid import run_grid
+    from decaylab.sweep.halving import run_halving
+    from decaylab.sweep.objective import run_objective_final
+    from decaylab.sweep.optuna_search import run_optuna, storage_url
+
+    say = _say_to_stderr(quiet)
+    store.root.mkdir(parents=True, exist_ok=True)
+    if not store.is_sweep():
+        store.write_record(record)
+    clock = None if join else SweepClock(store, started)
+    say(f"sweep {store.root}: {spec.strategy} over objective {ctx.name}")
+    book = TrialBook(store)
+    extra: dict[str, Any] = {}
+    seeds = [ctx.seed + i for i in range(spec.seeds)] if spec.seeds else None
+    if spec.strategy == "grid":
+        rows = table_rows = run_grid(ctx, points, book, workers, say, run_trials, seeds)
+    elif spec.strategy == "cv":
+        rows = table_rows = run_cv(ctx, points, book, workers, say, run_trials, seeds)
+    elif spec.strategy == "halving":
+        table_rows, extra["halving"] = run_halving(ctx, points, book, workers, say, ctx.epochs, spec.eta,
+                                                   spec.metric, spec.min_epochs, run_trials)
+        rows = book.all()
+    else:
+        settings = {"storage": storage_url(spec.storage, store.root), "study": spec.study, "trials": spec.trials,
+                    "metric": spec.metric, "pruner": spec.pruner, "seed": None if join else ctx.seed,
+                    "zero": spec.zero, "modes": spec.modes, "dropouts": spec.dropouts, "base_dropout": None,
+                    "lo": spec.lambda_range[0], "hi": spec.lambda_range[1]}
+        rows = table_rows = run_optuna(ctx, settings, workers, say, leader=not join, resume=resuming,
+                                       verbose=not quiet)
+        store.write_rows(rows)
+        extra["optuna"] = {"storage": settings["storage"], "study": settings["study"],
+                           "complete": sum(r["status"] == "done" for r in rows),
+                           "pruned": sum(r["status"] == "pruned" for r in rows)}
+    table = build_table(table_rows, spec.metric)
+    chosen_row = choose(table, spec.rule, spec.metric)
+    chosen = {"lambda": chosen_row["lambda"], "mode": chosen_row["mode"], "dropout": chosen_row["dropout"],
+              "rule": spec.rule, "metric": spec.metric, "mean": chosen_row["mean"], "se": chosen_row["se"]}
+    point = Point(chosen["mode"], chosen["lambda"], chosen["dropout"])
+    final_info = None
+    if final and not join:
+        final_info = run_objective_final(store, ctx, point, _objective_reusable(spec, table_rows, point, ctx), say)
+    compute_s = compute_seconds(rows) + ((final_info or {}).get("train_wall_s") or 0.0)
+    summary = {"strategy": spec.strategy, "objective": ctx.name, "chosen": chosen, "table": table,
+               "final": final_info, "compute_s": compute_s,
+               "wall_s": clock.stop() if clock else time.perf_counter() - started, "trials": len(rows),
+               "spec": spec.to_dict(), "engine": "objective", **extra}
+    if not join:
+        store.write_summary(summary)
+    return SweepResult(store.root, table, {**chosen_row, **chosen}, final_info, rows, summary)
+
+
+def _objective_reusable(spec: SweepSpec, rows: list[dict[str, Any]], point: Point, ctx: Any) -> str | None:
+    """The trial that trained exactly the final configuration (all training examples, the full budget)."""
+    if spec.strategy == "cv":
+        return None
+    matches = [r for r in rows if (r["mode"], r["lambda"], r["dropout"]) == (point.mode, point.lam, point.dropout)
+               and r["status"] == "done" and (r.get("budget") is None or ctx.epochs is None
+                                               or r["budget"] >= ctx.epochs)
+               and r.get("seed") in (None, ctx.seed)]
     if not matches:
         return None
     return min(matches, key=lambda r: r["best_val_loss"])["trial"]

@@ -25,7 +25,7 @@ from decaylab.config import Config
 from decaylab.errors import UserError
 from decaylab.sweep.points import Point, point_lambda
 from decaylab.sweep.selection import higher_is_better, history_value
-from decaylab.sweep.trial import StopTrial, TrialContext, TrialJob, train_trial
+from decaylab.sweep.trial import StopTrial, TrialContext, TrialJob
 from decaylab.sweep.workers import init_worker, threads_per_worker
 
 JOURNAL_PREFIX = "journal:"
@@ -183,7 +183,7 @@ def optuna_worker(ctx: TrialContext, settings: dict[str, Any], worker: int) -> i
             if trial.should_prune():
                 raise StopTrial("pruned")
 
-        row = train_trial(ctx, TrialJob(key, point), monitor)
+        row = ctx.train(TrialJob(key, point), monitor)
         row["trial_number"] = trial.number
         trial.set_user_attr("row", row)
         value = row["best_val_loss"] if settings["metric"] == "loss" else row.get(settings["metric"])
@@ -245,7 +245,7 @@ def run_optuna(ctx: TrialContext, settings: dict[str, Any], workers: int, say, l
     if workers <= 1:
         optuna_worker(ctx, settings, 0)
     else:
-        threads = threads_per_worker(workers, ctx.base["train"].get("threads"))
+        threads = threads_per_worker(workers, ctx.threads)
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=init_worker, initargs=(threads,)) as pool:
             for future in [pool.submit(optuna_worker, ctx, settings, i) for i in range(workers)]:

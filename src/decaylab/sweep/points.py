@@ -24,14 +24,15 @@ class Point:
 
     mode: str
     lam: float
-    dropout: float
+    dropout: float | None  # None: an objective's own dropout, not swept
     tau: float | None = None
 
     @property
     def key(self) -> str:
-        """Folder-safe name, e.g. `decoupled-0.001-p0.1` (a τ point: `decoupled-tau2-p0.1`)."""
+        """Folder-safe name, e.g. `decoupled-0.001-p0.1` (a τ point: `decoupled-tau2-p0.1`; no `-p…` when dropout
+        is not swept)."""
         strength = f"{self.lam:g}" if self.tau is None else f"tau{self.tau:g}"
-        return f"{self.mode}-{strength}-p{self.dropout:g}"
+        return f"{self.mode}-{strength}" + ("" if self.dropout is None else f"-p{self.dropout:g}")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields of a trials.jsonl / table row that identify the point (τ only for a τ point)."""
@@ -84,9 +85,17 @@ def _trial_raw(base: Config, point: Point, swept_modes: list[str], seed: int | N
     if seed is not None:
         raw["data_seed"] = base.order_seed
         raw["seed"] = seed
-    reg = raw["regularization"]
+    apply_point(raw["regularization"], point, swept_modes)
+    raw["model"]["dropout"] = point.dropout
+    return raw
+
+
+def apply_point(reg: dict[str, Any], point: Point, swept_modes: list[str]) -> dict[str, Any]:
+    """A regularization section (a dict, changed in place) set to the point's mode and strength; returns it."""
     # the swept axis (λ or τ) replaces whichever of the two the base config sets
-    reg.update(tau_epochs=None, timescale=None)
+    for key in ("tau_epochs", "timescale"):
+        if key in reg:
+            reg[key] = None
     if point.mode == "none":
         # The baseline has no weight decay; it keeps the base's other terms (L1) unless that term is being swept.
         reg.update(mode="none", weight_decay=0.0)
@@ -104,9 +113,7 @@ def _trial_raw(base: Config, point: Point, swept_modes: list[str], seed: int | N
             reg.update(weight_decay=0.0, tau_epochs=point.tau)
         else:
             reg[rule.strength] = point.lam
-    fit_to_mode(reg)  # a decay scaling or λ schedule only where the point's mode has one
-    raw["model"]["dropout"] = point.dropout
-    return raw
+    return fit_to_mode(reg)  # a decay scaling or λ schedule only where the point's mode has one
 
 
 def check_points(base: Config, points: list[Point], swept_modes: list[str]) -> None:

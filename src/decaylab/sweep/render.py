@@ -41,7 +41,8 @@ def render_table(summary: dict[str, Any], title: str) -> None:
     console = Console()
     console.print(table)
     tau = f"τ = {chosen['tau']:g} epochs, " if chosen.get("tau") is not None else ""
-    console.print(f"chosen: mode {chosen['mode']}, {tau}λ = {chosen['lambda']:g}, dropout {chosen['dropout']:g} "
+    dropout = f", dropout {chosen['dropout']:g}" if chosen["dropout"] is not None else ""  # None: not swept
+    console.print(f"chosen: mode {chosen['mode']}, {tau}λ = {chosen['lambda']:g}{dropout} "
                   f"(rule {chosen['rule']}, metric {metric}); compute {summary['compute_s']:.0f} s", highlight=False)
     if taus and summary.get("steps_per_epoch"):
         console.print(f"λ from τ on the training split's {summary['steps_per_epoch']:.4g} steps per epoch at the peak "
@@ -56,4 +57,9 @@ def render_table(summary: dict[str, Any], title: str) -> None:
         from decaylab.evaluation.evaluate import result_line
 
         test = final["test"]
-        console.print(f"final model {final['run']}: test {result_line(test)}", highlight=False)
+        if summary.get("objective"):  # an objective reports whichever test metrics it has
+            line = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in test.items()
+                             if k != "split")
+        else:
+            line = result_line(test)
+        console.print(f"final model {final['run']}: test {line}", highlight=False)

@@ -43,6 +43,10 @@ class TrialJob:
     seed: int | None = None  # a seed repeat (None: the base config's seed)
 
 
+# Called with a trial's metric rows after each evaluation; raises StopTrial to end it (Optuna's pruner).
+Monitor = Callable[[list[dict[str, Any]]], None]
+
+
 @dataclass(frozen=True)
 class TrialContext:
     """What a worker process needs to run any job of one sweep (plain data, so it pickles for spawn)."""
@@ -57,8 +61,15 @@ class TrialContext:
         """The sweep's resolved base configuration."""
         return build_config(self.base, origin=f"{self.root}/sweep.yaml")
 
+    @property
+    def threads(self) -> int | None:
+        """`train.threads` of the base config: each worker process's share of the cores, if set."""
+        return self.base["train"].get("threads")
 
-Monitor = Callable[[list[dict[str, Any]]], None]
+    def train(self, job: TrialJob, monitor: Monitor | None = None) -> dict[str, Any]:
+        """Train (or continue) one job of this sweep and return its trials.jsonl row (decaylab's own trainer; an
+        objective's context, sweep/objective.py, calls the user's function instead)."""
+        return train_trial(self, job, monitor)
 
 
 def train_trial(ctx: TrialContext, job: TrialJob, monitor: Monitor | None = None) -> dict[str, Any]:

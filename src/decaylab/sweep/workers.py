@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Protocol
 
-from decaylab.sweep.trial import TrialContext, TrialJob, train_trial
+from decaylab.sweep.trial import TrialContext, TrialJob
 
 OnResult = Callable[[TrialJob, dict[str, Any]], None]
 
@@ -53,15 +53,15 @@ def run_trials(ctx: TrialContext, jobs: Sequence[TrialJob], workers: int = 1,
     rows: dict[int, dict[str, Any]] = {}
     if workers <= 1 or len(jobs) <= 1:
         for index, job in enumerate(jobs):
-            rows[index] = train_trial(ctx, job)
+            rows[index] = ctx.train(job)
             if on_result is not None:
                 on_result(job, rows[index])
         return [rows[i] for i in range(len(jobs))]
-    threads = threads_per_worker(workers, ctx.base["train"].get("threads"))
+    threads = threads_per_worker(workers, ctx.threads)
     # spawn, not fork: torch's thread pools and an already-initialised CUDA context do not survive a fork.
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
                              initializer=init_worker, initargs=(threads,)) as pool:
-        pending: dict[Future, int] = {pool.submit(train_trial, ctx, job): i for i, job in enumerate(jobs)}
+        pending: dict[Future, int] = {pool.submit(ctx.train, job): i for i, job in enumerate(jobs)}
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
