@@ -156,7 +156,8 @@ def optuna_worker(ctx: TrialContext, settings: dict[str, Any], worker: int) -> i
     _quiet_optuna()
     settings = {**settings, "seed": settings["seed"] + worker if settings.get("seed") is not None else None}
     study = create_or_load_study(settings)
-    base = ctx.base_config()
+    # a τ sweep derives each trial's λ from the base config (an objective sweep has none, and sweeps λ)
+    base = ctx.base_config() if settings.get("steps_per_epoch") is not None else None
     budget, ran = settings["trials"], 0
     while True:
         existing = study.get_trials(deepcopy=False)
