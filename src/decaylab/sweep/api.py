@@ -160,11 +160,12 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
 
 def _vectorized(spec: SweepSpec, base: Config, workers: int, replicas: int | None, quiet: bool) -> TrialRunner:
     """The stacked-replica runner, after checking that it applies to this sweep."""
+    from decaylab.models import STACKED_MODELS
     from decaylab.sweep.vectorized import STRATEGIES, vectorized_runner
 
-    if base.model.arch != "rnn":
-        raise UserError(f"--vectorized: the stacked engine trains model.arch 'rnn' only (model.arch is "
-                        f"{base.model.arch!r}); run this sweep without --vectorized")
+    if base.model.arch not in STACKED_MODELS:
+        raise UserError(f"--vectorized: the stacked engine has no stacked form of model.arch {base.model.arch!r} "
+                        f"(it trains {', '.join(map(repr, STACKED_MODELS))}); run this sweep without --vectorized")
     if base.model.output != "full":
         raise UserError(f"--vectorized: the stacked model has the full softmax only (model.output is "
                         f"{base.model.output!r}); run this sweep without --vectorized")
