@@ -152,6 +152,8 @@ def test_patience_budgets_and_divergence_per_replica(tmp_path: Path) -> None:
         assert_same_trajectory(replica.history, single[:len(replica.history)])
     assert len(replicas[1].history) == len(singles[1])  # stopped where its own run stopped
     assert replicas[3].history[-1]["epoch"] == 1  # its budget
+    stopped = [r.progress["stopped_early"] for r in replicas]
+    assert any(stopped), [len(r.history) for r in replicas]  # patience ran out for some, the others went on
 
 
 @pytest.mark.parametrize("arch", ARCHS)

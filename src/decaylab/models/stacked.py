@@ -55,6 +55,10 @@ class StackedModel:
         """Eval mode: dropout off."""
         return self.train(False)
 
+    def eval_batch_tokens(self, device: torch.device) -> int:
+        """Padded tokens per evaluation batch of the stack (the corpus scorer's default, as a single model's)."""
+        return 8192
+
     def p(self, name: str) -> torch.Tensor:
         """The stacked parameter `name` (a tied output weight is the embedding it is tied to)."""
         if name not in self.params and name in self.TIED:

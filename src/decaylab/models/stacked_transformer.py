@@ -27,7 +27,7 @@ from decaylab.config import AttentionStackConfig, DecoderConfig, TransformerConf
 from decaylab.data.tokenizer import PAD_ID
 from decaylab.models.attention import Rotary
 from decaylab.models.fused_loss import stacked_linear_cross_entropy
-from decaylab.models.stacked import StackedModel
+from decaylab.models.stacked import StackedModel, linear
 
 
 class _StackedAttentionModel(StackedModel):
@@ -45,6 +45,12 @@ class _StackedAttentionModel(StackedModel):
         self.heads, self.head_dim = cfg.heads, cfg.d_model // cfg.heads
         device = next(iter(params.values())).device
         self.rotary = Rotary(self.head_dim).to(device) if cfg.positions == "rotary" else None
+
+    def eval_batch_tokens(self, device: torch.device) -> int:
+        """On the CPU, batches that hold one model's activations over all K replicas: K times a single model's 8192
+        tokens thrash the caches (measured 1.5x slower than K single models, 1024 tokens 1.4x faster at K = 8;
+        docs/benchmarks.md §3d). A GPU takes the large batches."""
+        return max(512, 8192 // self.replicas) if device.type == "cpu" else 8192
 
     # -- building blocks ---------------------------------------------------------------------------------------
     def dropout(self, x: torch.Tensor, rates: list[float] | None = None) -> torch.Tensor:
@@ -73,26 +79,37 @@ class _StackedAttentionModel(StackedModel):
             out = out + self.p(f"{prefix}.bias").view(shape)
         return out
 
-    def split(self, x: torch.Tensor) -> torch.Tensor:
-        """[K, B, T, D] -> [K·B, H, T, Dh] (replica-major rows)."""
+    def projections(self, x: torch.Tensor, prefix: str, names: tuple[str, ...]) -> list[torch.Tensor]:
+        """The Linears `prefix.<name>` of x [K, B, T, D] as one GEMM, each split into heads [K·B, H, T, Dh]."""
+        weight = torch.cat([self.p(f"{prefix}.{n}.weight") for n in names], dim=1)
+        bias = torch.cat([self.p(f"{prefix}.{n}.bias") for n in names], dim=1) if self.has(
+            f"{prefix}.{names[0]}.bias") else None
         k, b, t, _ = x.shape
-        return x.reshape(k * b, t, self.heads, self.head_dim).transpose(1, 2)
+        out = linear(x, weight, bias).view(k * b, t, len(names), self.heads, self.head_dim)
+        return list(out.permute(2, 0, 3, 1, 4).unbind(0))
 
-    def project_kv(self, prefix: str, x: torch.Tensor, rotary: bool, offset: int = 0
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys (rotated when `rotary` and the model has rotary positions) and values of x [K, B, T, D]."""
-        keys = self.split(self.linear(x, f"{prefix}.key"))
-        if rotary and self.rotary is not None:
-            keys = self.rotary(keys, offset)
-        return keys, self.split(self.linear(x, f"{prefix}.value"))
+    def self_attention(self, prefix: str, x: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        """Self-attention `prefix` of x [K, B, T, D] (rotary when the model has it); `mask` [K·B, 1, 1, T]."""
+        queries, keys, values = self.projections(x, prefix, ("query", "key", "value"))
+        if self.rotary is not None:
+            queries, keys = self.rotary(queries), self.rotary(keys)
+        return self.attend(prefix, x.shape, queries, keys, values, mask, causal)
 
-    def attend(self, prefix: str, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               mask: torch.Tensor | None, causal: bool, rotary: bool, offset: int = 0) -> torch.Tensor:
-        """Attention `prefix`: queries from x [K, B, T, D] over keys/values [K·B, H, S, Dh]; `mask` [K·B, 1, 1, S]."""
-        k, b, t, d = x.shape
-        queries = self.split(self.linear(x, f"{prefix}.query"))
-        if rotary and self.rotary is not None:
-            queries = self.rotary(queries, offset)
+    def cross_kv(self, prefix: str, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention `prefix`'s keys and values [K·B, H, S, Dh] of encoder states [K, B, S, D]."""
+        keys, values = self.projections(memory, prefix, ("key", "value"))
+        return keys, values
+
+    def cross_attention(self, prefix: str, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                        mask: torch.Tensor) -> torch.Tensor:
+        """Cross-attention `prefix`: queries from x [K, B, T, D] over the encoder's keys and values."""
+        (queries,) = self.projections(x, prefix, ("query",))
+        return self.attend(prefix, x.shape, queries, keys, values, mask, causal=False)
+
+    def attend(self, prefix: str, shape: torch.Size, queries: torch.Tensor, keys: torch.Tensor,
+               values: torch.Tensor, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        """Attention over heads [K·B, H, ·, Dh], then `prefix.out`, back to [K, B, T, D] (`shape`)."""
+        k, b, t, d = shape
         rate = self.cfg.attention_dropout if self.training else 0.0
         if rate > 0:
             context = self._attend_with_dropout(queries, keys, values, mask, causal, rate, k)
@@ -160,11 +177,10 @@ class StackedTransformer(_StackedAttentionModel):
         for i in range(self.layers[0]):
             prefix = f"encoder.{i}"
             h = self.norm(x, f"{prefix}.attention_norm")
-            keys, values = self.project_kv(f"{prefix}.attention", h, rotary=True)
-            x = x + self.dropout(self.attend(f"{prefix}.attention", h, keys, values, mask, causal=False, rotary=True))
+            x = x + self.dropout(self.self_attention(f"{prefix}.attention", h, mask, causal=False))
             x = x + self.dropout(self.mlp(f"{prefix}.mlp", self.norm(x, f"{prefix}.mlp_norm")))
         x = self.norm(x, "encoder_norm")
-        cross = [self.project_kv(f"decoder.{i}.cross_attention", x, rotary=False) for i in range(self.layers[1])]
+        cross = [self.cross_kv(f"decoder.{i}.cross_attention", x) for i in range(self.layers[1])]
         return cross, mask
 
     def decode(self, tgt_in: torch.Tensor, memory: tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
@@ -176,12 +192,9 @@ class StackedTransformer(_StackedAttentionModel):
         for i in range(self.layers[1]):
             prefix = f"decoder.{i}"
             h = self.norm(x, f"{prefix}.self_norm")
-            keys, values = self.project_kv(f"{prefix}.self_attention", h, rotary=True)
-            x = x + self.dropout(self.attend(f"{prefix}.self_attention", h, keys, values, None, causal=causal,
-                                             rotary=True))
+            x = x + self.dropout(self.self_attention(f"{prefix}.self_attention", h, None, causal))
             h = self.norm(x, f"{prefix}.cross_norm")
-            x = x + self.dropout(self.attend(f"{prefix}.cross_attention", h, *cross[i], mask, causal=False,
-                                             rotary=False))
+            x = x + self.dropout(self.cross_attention(f"{prefix}.cross_attention", h, *cross[i], mask))
             x = x + self.dropout(self.mlp(f"{prefix}.mlp", self.norm(x, f"{prefix}.mlp_norm")))
         return self.norm(x, "decoder_norm")
 
@@ -209,8 +222,6 @@ class StackedDecoderLM(_StackedAttentionModel):
         for i in range(self.layers):
             prefix = f"blocks.{i}"
             h = self.norm(x, f"{prefix}.attention_norm")
-            keys, values = self.project_kv(f"{prefix}.attention", h, rotary=True)
-            x = x + self.dropout(self.attend(f"{prefix}.attention", h, keys, values, None, causal=causal,
-                                             rotary=True))
+            x = x + self.dropout(self.self_attention(f"{prefix}.attention", h, None, causal))
             x = x + self.dropout(self.mlp(f"{prefix}.mlp", self.norm(x, f"{prefix}.mlp_norm")))
         return self.loss(self.norm(x, "norm"), tgt_out, label_smoothing, target_index)

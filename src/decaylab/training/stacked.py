@@ -351,8 +351,9 @@ class StackedTrainer:
     def evaluate_runs(self) -> list[dict[str, float]]:
         """Each active replica's evaluation row fields (as `Trainer.evaluate`)."""
         precision = self.base.train.precision
-        val = corpus_losses(self.model, self.valid_eval, self.device, precision=precision).tolist()
-        train = corpus_losses(self.model, self.train_eval, self.device, precision=precision).tolist()
+        tokens = self.model.eval_batch_tokens(self.device)
+        val = corpus_losses(self.model, self.valid_eval, self.device, tokens, precision).tolist()
+        train = corpus_losses(self.model, self.train_eval, self.device, tokens, precision).tolist()
         zero = torch.zeros(len(self.active), device=self.device)
         sq = {n: p.float().flatten(1).square().sum(1) for n, p in self.params.items()}
         decayed = [n for n in self.names if self.multiplier[n]]
