@@ -102,8 +102,10 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
     unless `overwrite`, which removes the old sweep's files first.
 
     `vectorized=True` trains the points of each grid, CV fold or halving rung at once as one stacked model (at
-    most `replicas` per stack); in fp32 without dropout each replica follows its sequential run to float rounding
-    (with dropout its masks are its own draws; under bf16 its recurrence stays fp32; see docs/sweeps.md).
+    most `replicas` per stack; every architecture with a stacked form: rnn, transformer, decoder); in fp32 each
+    replica follows its sequential run to float rounding, with dropout too for the Transformers on the CPU (they
+    draw their sequential runs' masks; the RNN's and a GPU's are their own draws; under bf16 the RNN's recurrence
+    stays fp32; see docs/sweeps.md).
     """
     started = time.perf_counter()
     say = _say_to_stderr(quiet)
