@@ -6,8 +6,9 @@ learned positions, tied output), on activations [K, B, T, D]: Linears are `bmm`/
 weights, norms are the unweighted norm times each replica's gain (plus bias), attention is one
 `F.scaled_dot_product_attention` over K·B rows, and the loss is the fused chunked cross-entropy over the K
 replicas (fused_loss.py). Why batched weights and not `torch.func.vmap` over `functional_call`: on the CPU vmap
-has no batching rule for the attention kernel (it loops over the replicas) and measured slower than K sequential
-steps; see docs/benchmarks.md §3d.
+has no batching rule for the attention kernel (it loops over the replicas) and measured slower than the batched
+weights at every batch size (slower than K single models at large batches), and it cannot give the replicas
+their own dropout rates and generators; see docs/benchmarks.md §3d.
 
 Dropout: each replica draws its masks from its own generator with its own rate, with the very calls a single
 model's dropout makes on the CPU (`empty_like(x).bernoulli_(1 − p)`, then `/(1 − p)`; attention dropout on the
