@@ -1,5 +1,5 @@
 """The rule registry: every registered rule is trained by the stacked engine exactly as by the single-model engine,
-or refused by name there; and every caller reads its names from the registry."""
+for every architecture, or refused by name there; and every caller reads its names from the registry."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from decaylab.regularization.rules import DECAY_SCALINGS, MODES, SWEEPABLE
 from decaylab.training import Trainer
 from decaylab.training.stacked import StackedTrainer
 from tests.conftest import tiny_config
+from tests.test_vectorized_transformer import arch_config, arch_data
 
 LAMBDA = {"weight_decay": 0.05, "l1": 0.002}
 # SWD without the lr (c_t = η_t/η_max) divides λ by √mean(v̂) (~5e-3 here): 0.05 would be a decay of ~10 per step
@@ -51,11 +52,13 @@ def with_regularization(base: Config, settings: dict) -> Config:
     return build_config(raw)
 
 
+@pytest.mark.parametrize("arch", ["rnn", "transformer", "decoder"])
 @pytest.mark.parametrize("name,optimizer,scaling", cases())
-def test_every_rule_is_stacked_exactly_or_refused_by_name(name, optimizer, scaling, tmp_path: Path, data) -> None:
-    splits, tokenizer = data
+def test_every_rule_is_stacked_exactly_or_refused_by_name(name, optimizer, scaling, arch, tmp_path: Path) -> None:
+    """For every architecture with a stacked form (tests/test_vectorized_transformer.py has their models)."""
+    splits, tokenizer = arch_data(arch)
     lr = ["train.lr=0.3", "train.momentum=0.9"] if optimizer == "sgd" else ["train.lr=0.01"]
-    base = tiny_config("model.dropout=0", "train.clip_norm=0.5", "train.schedule=cosine", "train.max_steps=6",
+    base = arch_config(arch, "model.dropout=0", "train.clip_norm=0.5", "train.schedule=cosine", "train.max_steps=6",
                        "train.eval_every=3", f"train.optimizer={optimizer}", *lr)
     on = with_regularization(base, rule_settings(name, scaling=scaling))
     off = with_regularization(base, rule_settings(name, lam=0.0))

@@ -157,11 +157,3 @@ def test_trains_decodes_and_resumes_after_sigkill(tmp_path: Path) -> None:
     out = subprocess.run(CLI + ["generate", str(run), "--input", "-", "--beam", "3"], input="el gato\n",
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 1
-
-
-def test_the_stacked_engine_refuses_a_transformer_by_name(tmp_path: Path) -> None:
-    from decaylab.sweep import sweep
-
-    with pytest.raises(UserError, match=r"--vectorized: the stacked engine trains model.arch 'rnn' only"):
-        sweep(tiny_config("model.arch=transformer"), lambdas="0,0.1", vectorized=True, output=tmp_path / "s",
-              final=False)

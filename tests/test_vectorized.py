@@ -234,14 +234,16 @@ def test_vectorized_options_are_checked(args: list[str], message: str, cli, tmp_
     assert not (tmp_path / "x").exists()
 
 
-def test_stacked_trainer_refuses_another_arch(tmp_path: Path) -> None:
-    """The stacked model is the RNN's: a config of any other `model.arch` is refused by name."""
+def test_stacked_trainer_refuses_an_arch_without_a_stacked_form(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    """A config whose `model.arch` has no stacked model (models.STACKED_MODELS) is refused by name."""
     from decaylab.errors import UserError
+    from decaylab.models import STACKED_MODELS
 
-    base = tiny_config()
-    other = base.model_copy(update={"model": base.model.model_copy(update={"arch": "transformer"})})
-    with pytest.raises(UserError, match=r"needs model\.arch 'rnn' \(model\.arch is 'transformer'\)"):
-        StackedTrainer([other], [tmp_path / "r"], splits=None, tokenizer=None)
+    monkeypatch.delitem(STACKED_MODELS, "transformer")
+    base = tiny_config("model.arch=transformer")
+    with pytest.raises(UserError, match=r"no stacked form of model\.arch 'transformer' \(it trains 'rnn', 'decoder'\)"):
+        StackedTrainer([base], [tmp_path / "r"], splits=None, tokenizer=None)
 
 
 def test_a_stack_of_one_names_its_diverged_replica(tmp_path: Path, data, capsys: pytest.CaptureFixture[str]) -> None:

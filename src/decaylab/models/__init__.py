@@ -1,11 +1,19 @@
-"""Model registry: `build_model(cfg, vocab_size)` by `model.arch`; every model meets `contract.Seq2SeqModel`."""
+"""Model registry: `build_model(cfg, vocab_size)` by `model.arch`; every model meets `contract.Seq2SeqModel`.
 
+`STACKED_MODELS` maps an architecture to its stacked form (K replicas as one model, for the stacked engine of
+`sweep --vectorized`); an architecture without one is trained by the single-model engine only.
+"""
+
+import torch
 from torch import nn
 
 from decaylab.config import ModelConfig
 from decaylab.models.contract import Seq2SeqModel
 from decaylab.models.decoder import DecoderLM
 from decaylab.models.rnn import Seq2Seq, count_parameters
+from decaylab.models.stacked import StackedModel
+from decaylab.models.stacked_rnn import StackedSeq2Seq
+from decaylab.models.stacked_transformer import StackedDecoderLM, StackedTransformer
 from decaylab.models.transformer import Transformer
 
 # One line per architecture: its `model.arch` (config.MODEL_CONFIGS) -> its class, built as cls(cfg, vocab_size).
@@ -15,10 +23,24 @@ MODELS: dict[str, type[nn.Module]] = {
     "decoder": DecoderLM,
 }
 
+# `model.arch` -> its stacked form, built as cls(cfg, params, dropouts, generators) over the single model's names.
+STACKED_MODELS: dict[str, type[StackedModel]] = {
+    "rnn": StackedSeq2Seq,
+    "transformer": StackedTransformer,
+    "decoder": StackedDecoderLM,
+}
+
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
     """Instantiate the architecture named by `cfg.arch`."""
     return MODELS[cfg.arch](cfg, vocab_size)
 
 
-__all__ = ["MODELS", "DecoderLM", "Seq2Seq", "Seq2SeqModel", "Transformer", "build_model", "count_parameters"]
+def build_stacked(cfg: ModelConfig, params: dict[str, torch.Tensor], dropouts: list[float],
+                  generators: list[torch.Generator] | None = None) -> StackedModel:
+    """K replicas of the architecture named by `cfg.arch` over stacked `params` (KeyError: it has no stacked form)."""
+    return STACKED_MODELS[cfg.arch](cfg, params, dropouts, generators)
+
+
+__all__ = ["MODELS", "STACKED_MODELS", "DecoderLM", "Seq2Seq", "Seq2SeqModel", "StackedModel", "Transformer",
+           "build_model", "build_stacked", "count_parameters"]

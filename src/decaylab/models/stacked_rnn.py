@@ -17,57 +17,21 @@ import torch
 from decaylab.config import RNNConfig
 from decaylab.data.tokenizer import PAD_ID
 from decaylab.models.fused_loss import stacked_linear_cross_entropy
+from decaylab.models.stacked import StackedModel, linear
 from decaylab.models.stacked_recurrence import GRURecurrence, LSTMRecurrence
 
 State = list[torch.Tensor]  # per layer [K, B, H]; an LSTM keeps a second list for its cell
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-replica x[k] @ weight[k]ᵀ + bias[k] for x [K, ..., in], weight [K, out, in], bias [K, out]."""
-    flat = x.reshape(x.size(0), -1, x.size(-1))
-    out = torch.bmm(flat, weight.transpose(1, 2)) if bias is None else \
-        torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2))
-    return out.reshape(*x.shape[:-1], weight.size(1))
-
-
-class StackedSeq2Seq:
+class StackedSeq2Seq(StackedModel):
     """K `Seq2Seq` replicas; `params` maps each `Seq2Seq.named_parameters()` name to a [K, ...] leaf tensor."""
+
+    TIED = {"output.weight": "tgt_embed.weight"}
 
     def __init__(self, cfg: RNNConfig, params: dict[str, torch.Tensor], dropouts: list[float],
                  generators: list[torch.Generator] | None = None):
+        super().__init__(params, dropouts, generators)
         self.cfg = cfg
-        self.params = params
-        self.dropouts = list(dropouts)
-        self.generators = generators
-        self.training = True
-        if len(self.dropouts) != self.replicas:
-            raise ValueError(f"{len(self.dropouts)} dropout rates for {self.replicas} replicas")
-        if any(p > 0 for p in self.dropouts) and (generators is None or len(generators) != self.replicas):
-            raise ValueError("dropout > 0 needs one generator per replica")
-
-    @property
-    def replicas(self) -> int:
-        """K, the number of stacked replicas."""
-        return next(iter(self.params.values())).size(0)
-
-    def train(self, mode: bool = True) -> StackedSeq2Seq:
-        """Training mode (dropout on) or eval mode, like nn.Module.train."""
-        self.training = mode
-        return self
-
-    def eval(self) -> StackedSeq2Seq:
-        """Eval mode: dropout off."""
-        return self.train(False)
-
-    def p(self, name: str) -> torch.Tensor:
-        """The stacked parameter `name` (a tied output weight is the target embedding)."""
-        if name == "output.weight" and name not in self.params:
-            return self.params["tgt_embed.weight"]
-        return self.params[name]
-
-    def has(self, name: str) -> bool:
-        """Whether the replicas have parameter `name` (e.g. biases only exist for some layers)."""
-        return name in self.params
 
     # -- building blocks ---------------------------------------------------------------------------
     def dropout(self, x: torch.Tensor, rates: list[float] | None = None) -> torch.Tensor:
@@ -83,11 +47,6 @@ class StackedSeq2Seq:
             else:
                 masks.append(torch.ones(x.shape[1:], device=x.device, dtype=x.dtype))
         return x * torch.stack(masks)
-
-    def embed(self, name: str, tokens: torch.Tensor) -> torch.Tensor:
-        """Rows of the stacked embedding `name` [K, V, E] for tokens [B, T]: [K, B, T, E]."""
-        weight = self.p(name)
-        return weight.index_select(1, tokens.reshape(-1)).view(weight.size(0), *tokens.shape, weight.size(2))
 
     def _rnn(self, x: torch.Tensor, prefix: str, states: list[tuple[torch.Tensor, ...]], directions: int,
              valid: torch.Tensor | None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:

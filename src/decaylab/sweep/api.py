@@ -117,8 +117,10 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
     unless `overwrite`, which removes the old sweep's files first.
 
     `vectorized=True` trains the points of each grid, CV fold or halving rung at once as one stacked model (at
-    most `replicas` per stack); in fp32 without dropout each replica follows its sequential run to float rounding
-    (with dropout its masks are its own draws; under bf16 its recurrence stays fp32; see docs/sweeps.md).
+    most `replicas` per stack; every architecture with a stacked form: rnn, transformer, decoder); in fp32 each
+    replica follows its sequential run to float rounding, with dropout too for the Transformers on the CPU (they
+    draw their sequential runs' masks; the RNN's and a GPU's are their own draws; under bf16 the RNN's recurrence
+    stays fp32; see docs/sweeps.md).
     """
     started = time.perf_counter()
     say = _say_to_stderr(quiet)
@@ -193,11 +195,12 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
 
 def _vectorized(spec: SweepSpec, base: Config, workers: int, replicas: int | None, quiet: bool) -> TrialRunner:
     """The stacked-replica runner, after checking that it applies to this sweep."""
+    from decaylab.models import STACKED_MODELS
     from decaylab.sweep.vectorized import STRATEGIES, vectorized_runner
 
-    if base.model.arch != "rnn":
-        raise UserError(f"--vectorized: the stacked engine trains model.arch 'rnn' only (model.arch is "
-                        f"{base.model.arch!r}); run this sweep without --vectorized")
+    if base.model.arch not in STACKED_MODELS:
+        raise UserError(f"--vectorized: the stacked engine has no stacked form of model.arch {base.model.arch!r} "
+                        f"(it trains {', '.join(map(repr, STACKED_MODELS))}); run this sweep without --vectorized")
     if base.model.output != "full":
         raise UserError(f"--vectorized: the stacked model has the full softmax only (model.output is "
                         f"{base.model.output!r}); run this sweep without --vectorized")

@@ -1,9 +1,10 @@
 """The stacked engine: K configurations that differ only in regularization, dropout and seed, as one stacked model.
 
-The engine of `decaylab sweep --vectorized`, driven by the one training loop (loop.py). Every replica sees the
+The engine of `decaylab sweep --vectorized`, driven by the one training loop (loop.py), for every architecture
+with a stacked form (`models.STACKED_MODELS`: the RNN, the Transformer, the decoder LM). Every replica sees the
 batches a single run of its config sees (same data order, same schedule) and follows its independent run's
 trajectory to float rounding:
-- forward/backward: `StackedSeq2Seq` (batched GEMMs over the replica dimension);
+- forward/backward: the architecture's stacked model (batched GEMMs over the replica dimension);
 - one optimizer (Adam or SGD, `weight_decay=0`, `regularization.optim.base_optimizer`) on the stacked tensors: both
   are elementwise, so replica k's slice gets exactly its own update;
 - every decay rule per replica and per tensor through `ReplicaDecay` (the rule registry's kernels), in a single
@@ -14,6 +15,13 @@ trajectory to float rounding:
 Each replica writes the ordinary run folder of a single run (config, meta, metrics.jsonl, best/last checkpoints
 with a `Trainer`-format optimizer state), so `Trainer(resume=True)` can continue any of them, and a killed
 vectorized run resumes from those folders.
+
+Dropout: each replica draws from its own generator, so its masks do not depend on which replicas share the stack.
+Where the stacked model makes a single model's very draws (`SEQUENTIAL_MASKS`: the Transformers, on the CPU),
+that generator starts in the state the global generator has in the replica's sequential run after the model is
+built, so the replica gets that run's masks bit for bit, and its checkpoint's `rng_torch` is that stream (a
+`Trainer` resuming the folder goes on with the same masks). Otherwise (the RNN; a GPU) it is seeded from the run
+seed and the replica's name: the masks agree with a sequential run's in distribution only.
 """
 
 from __future__ import annotations
@@ -37,8 +45,7 @@ from decaylab.device import autocast, resolve_device, seed_everything
 from decaylab.errors import UserError
 from decaylab.evaluation.metrics import corpus_losses, perplexity
 from decaylab.files import atomic_write_jsonl, read_jsonl
-from decaylab.models import build_model, count_parameters
-from decaylab.models.stacked_rnn import StackedSeq2Seq
+from decaylab.models import STACKED_MODELS, build_model, build_stacked, count_parameters
 from decaylab.regularization import RULES, Regularization, ReplicaDecay, UnsupportedRule
 from decaylab.regularization.optim import base_optimizer
 from decaylab.regularization.rules import RULE_FIELDS
@@ -101,9 +108,9 @@ class StackedTrainer:
                  names: list[str] | None = None, resume: bool = True, quiet: bool = True):
         if not configs or len(configs) != len(run_dirs):
             raise ValueError(f"{len(configs)} configs for {len(run_dirs)} run folders")
-        if configs[0].model.arch != "rnn":
-            raise UserError(f"the stacked model is the RNN's: it needs model.arch 'rnn' (model.arch is "
-                            f"{configs[0].model.arch!r})")
+        if configs[0].model.arch not in STACKED_MODELS:
+            raise UserError(f"the stacked engine has no stacked form of model.arch {configs[0].model.arch!r} (it "
+                            f"trains {', '.join(map(repr, STACKED_MODELS))}); train it without --vectorized")
         if configs[0].model.output != "full":
             raise UserError(f"the stacked model has the full softmax only (model.output is "
                             f"{configs[0].model.output!r})")
@@ -124,6 +131,9 @@ class StackedTrainer:
         self.device = resolve_device(cfg.device)
         self.quiet = quiet
         self.splits, self.tokenizer = splits, tokenizer
+        # the replicas' dropout streams replay their sequential runs' (see the module docstring)
+        self.sequential_masks = STACKED_MODELS[base.model.arch].SEQUENTIAL_MASKS and self.device.type == "cpu"
+        self._streams: dict[int, torch.Tensor] = {}  # seed -> the global generator's state after the model's build
         self.train_data, _, self.valid_eval, self.train_eval = encode_run_data(base, tokenizer, splits)
         # each replica's λ from its `regularization.tau_epochs` on the data the stack shares (as its Trainer would)
         configs = [resolve_timescale(config, self.train_data) for config in configs]
@@ -179,12 +189,19 @@ class StackedTrainer:
 
     # -- setup ---------------------------------------------------------------------------------------
     def _draw(self, seed: int, weights: dict[str, torch.Tensor] | None) -> torch.nn.Module:
-        """A `Seq2Seq` as a single run with `seed` builds it (then loaded with `weights`, if given)."""
+        """The model as a single run with `seed` builds it (then loaded with `weights`, if given)."""
         seed_everything(seed)
         model = build_model(self.base.model, self.tokenizer.get_vocab_size())
+        self._streams.setdefault(seed, torch.get_rng_state())  # where that run's dropout draws start
         if weights is not None:
             model.load_state_dict(weights, strict=False)
         return model
+
+    def _stream(self, seed: int) -> torch.Tensor:
+        """The state of the global generator in a single run with `seed` once its model is built."""
+        if seed not in self._streams:  # replicas that share given weights may still differ in seed
+            self._draw(seed, None)
+        return self._streams[seed]
 
     def _replica(self, config: Config, run_dir: Path, name: str, budget: float | None) -> Replica:
         try:
@@ -194,7 +211,10 @@ class StackedTrainer:
         except ValueError as exc:
             raise UserError(f"regularization: {exc}") from None
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(replica_seed(config.seed, name))
+        if self.sequential_masks:
+            generator.set_state(self._stream(config.seed))
+        else:
+            generator.manual_seed(replica_seed(config.seed, name))
         return Replica(name, config, RunPaths(run_dir), budget, groups=optimizer.state_dict()["param_groups"],
                        generator=generator)
 
@@ -270,8 +290,8 @@ class StackedTrainer:
                                                              if isinstance(v, list)}})
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-        self.model = StackedSeq2Seq(self.base.model, self.params, [r.config.model.dropout for r in self.active],
-                                    [r.generator for r in self.active])
+        self.model = build_stacked(self.base.model, self.params, [r.config.model.dropout for r in self.active],
+                                   [r.generator for r in self.active])
 
         # every replica's decay rules, from the registry
         self.decay = ReplicaDecay([r.reg for r in self.active], self.multiplier, self.params, cfg.lr, self.device,
@@ -339,8 +359,9 @@ class StackedTrainer:
     def evaluate_runs(self) -> list[dict[str, float]]:
         """Each active replica's evaluation row fields (as `Trainer.evaluate`)."""
         precision = self.base.train.precision
-        val = corpus_losses(self.model, self.valid_eval, self.device, precision=precision).tolist()
-        train = corpus_losses(self.model, self.train_eval, self.device, precision=precision).tolist()
+        tokens = self.model.eval_batch_tokens(self.device)
+        val = corpus_losses(self.model, self.valid_eval, self.device, tokens, precision).tolist()
+        train = corpus_losses(self.model, self.train_eval, self.device, tokens, precision).tolist()
         zero = torch.zeros(len(self.active), device=self.device)
         sq = {n: p.float().flatten(1).square().sum(1) for n, p in self.params.items()}
         decayed = [n for n in self.names if self.multiplier[n]]
@@ -366,11 +387,11 @@ class StackedTrainer:
         return rows
 
     def replica_tensors(self, k: int) -> dict[str, torch.Tensor]:
-        """Active replica k's weights under `Seq2Seq`'s names (tied weights once), on the CPU."""
+        """Active replica k's weights under the single model's names (tied weights once), on the CPU."""
         return {name: p[k].detach().contiguous().cpu() for name, p in self.params.items()}
 
     def replica_model(self, k: int) -> torch.nn.Module:
-        """A `Seq2Seq` holding active replica k's weights (for decoding)."""
+        """The single model holding active replica k's weights (for decoding)."""
         model = build_model(self.active[k].config.model, self.tokenizer.get_vocab_size())
         model.load_state_dict(self.replica_tensors(k), strict=False)
         return model.to(self.device).eval()
@@ -390,8 +411,11 @@ class StackedTrainer:
                                     for key, v in slots.items()}
         scheduler = {key: (value * len(groups) if isinstance(value, list) and len(value) == 1 else value)
                      for key, value in self.scheduler.state_dict().items()}
+        # a Trainer resuming this folder restores `rng_torch`: the replica's own stream where it is the sequential
+        # run's (the Trainer goes on with the same masks), else the process's
+        rng_torch = replica.generator.get_state() if self.sequential_masks else torch.get_rng_state()
         result = {"optimizer": {"state": state, "param_groups": groups}, "scheduler": scheduler,
-                  "progress": dict(replica.progress), "rng_torch": torch.get_rng_state(),
+                  "progress": dict(replica.progress), "rng_torch": rng_torch,
                   "rng_replica": replica.generator.get_state().cpu()}
         if torch.cuda.is_available():
             result["rng_cuda"] = torch.cuda.get_rng_state_all()
