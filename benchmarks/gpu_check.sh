@@ -30,7 +30,7 @@ PY
 
 # 1. K = 8 replicas in one stack vs 8 sequential Trainer runs, same steps, same data, same initial weights; then
 #    K = 16 at the small preset, and the recurrence alone (hand-written backward vs autograd loop).
-timeout "${VEC_TIMEOUT:-140}" "$PY" benchmarks/vectorized_sweep.py --device cuda --pairs 4000 --steps-scale 4.5 \
+timeout "${VEC_TIMEOUT:-120}" "$PY" benchmarks/vectorized_sweep.py --device cuda --pairs 4000 --steps-scale 4.5 \
     --out "$OUT/vectorized_sweep_gpu.json"
 status_vec=$?
 timeout 75 "$PY" benchmarks/vectorized_sweep.py --device cuda --pairs 4000 --steps-scale 4.5 --k 16 --sizes small \
@@ -71,15 +71,19 @@ PY
 
 # 2. Training throughput: a bigger model and batch than the CPU run (the small one is launch-bound), no
 #    torch.compile row (its compile time alone would eat the budget), no CPU op profile.
-timeout "${TRAIN_TIMEOUT:-140}" "$PY" benchmarks/train_throughput.py --device cuda --quick --preset base \
+timeout "${TRAIN_TIMEOUT:-120}" "$PY" benchmarks/train_throughput.py --device cuda --quick --preset base \
     --batch-tokens 8192 --rows baseline,ours,ours_bf16,ours_gru --reps 3 --rep-batches 4 --no-profile \
     --out "$OUT/train_throughput_gpu.json"
 status_train=$?
 
+# 3b. K = 8 stacked Transformers (encoder-decoder and decoder LM) against 8 sequential runs (issue 13: >= 4x on a GPU).
+timeout "${VT_TIMEOUT:-60}" "$PY" benchmarks/vectorized_transformer.py --device cuda \
+    --out "$OUT/vectorized_transformer_gpu.json" || status_lm=$?
+
 # 3. The decoder-only LM against the nanoGPT-style loop, GPT-2 small's shape (the `base` preset), block 512.
+status_lm=${status_lm:-0}
 timeout "${LM_TIMEOUT:-100}" "$PY" benchmarks/lm_throughput.py --device cuda --quick --preset base --block 512 \
-    --batch 16 --vocab 8000 --bf16 yes --out "$OUT/lm_throughput_gpu.json"
-status_lm=$?
+    --batch 16 --vocab 8000 --bf16 yes --out "$OUT/lm_throughput_gpu.json" || status_lm=$?
 
 "$PY" - "$OUT" <<'PY'
 import json, sys
