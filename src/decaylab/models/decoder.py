@@ -28,7 +28,7 @@ from decaylab.config import DecoderConfig
 from decaylab.data.batching import Batch
 from decaylab.data.tokenizer import PAD_ID
 from decaylab.models.attention import MLP, Attention, Positions, Rotary, init_gpt2, make_norm
-from decaylab.models.fused_loss import linear_cross_entropy
+from decaylab.models.fused_loss import target_loss
 
 
 @dataclass
@@ -138,11 +138,7 @@ class DecoderLM(nn.Module):
         if src.size(1):
             raise ValueError("a decoder-only language model trains on blocks of text, not on pairs with a source")
         hidden, _, _ = self.run(tgt_in, 0, None, causal=tgt_in.size(1) > 1)
-        if target_index is None:
-            target_index = (tgt_out.reshape(-1) != PAD_ID).nonzero().squeeze(1)
-        rows = hidden.reshape(-1, hidden.size(-1)).index_select(0, target_index)
-        targets = tgt_out.reshape(-1).index_select(0, target_index)
-        return linear_cross_entropy(rows, self.output.weight, self.output.bias, targets, label_smoothing)
+        return target_loss(hidden, tgt_out, self.output, label_smoothing, target_index, PAD_ID)
 
     def loss(self, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
         """`forward` of a `Batch`."""

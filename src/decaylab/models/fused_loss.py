@@ -117,3 +117,14 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     return stacked_linear_cross_entropy(hidden.unsqueeze(0), weight.unsqueeze(0),
                                         bias.unsqueeze(0) if bias is not None else None, target,
                                         label_smoothing).squeeze(0)
+
+
+def target_loss(hidden: torch.Tensor, tgt_out: torch.Tensor, output: torch.nn.Linear, label_smoothing: float = 0.0,
+                target_index: torch.Tensor | None = None, pad_id: int = 0) -> torch.Tensor:
+    """Summed cross-entropy of `output`'s logits of `hidden` [B, T, D] at the non-pad targets `tgt_out` [B, T]
+    (flat positions `target_index` when the batch found them already): pad positions never reach the output layer."""
+    if target_index is None:
+        target_index = (tgt_out.reshape(-1) != pad_id).nonzero().squeeze(1)
+    rows = hidden.reshape(-1, hidden.size(-1)).index_select(0, target_index)
+    targets = tgt_out.reshape(-1).index_select(0, target_index)
+    return linear_cross_entropy(rows, output.weight, output.bias, targets, label_smoothing)

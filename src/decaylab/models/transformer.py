@@ -26,7 +26,7 @@ from decaylab.config import TransformerConfig
 from decaylab.data.batching import Batch
 from decaylab.data.tokenizer import PAD_ID
 from decaylab.models.attention import MLP, Attention, Rotary, init_gpt2, make_norm
-from decaylab.models.fused_loss import linear_cross_entropy
+from decaylab.models.fused_loss import target_loss
 
 
 @dataclass
@@ -178,11 +178,7 @@ class Transformer(nn.Module):
                 label_smoothing: float = 0.0, target_index: torch.Tensor | None = None) -> torch.Tensor:
         """Summed cross-entropy (nats) over non-pad target tokens; pad positions never reach the output layer."""
         hidden, _ = self.decode(tgt_in, self.encode(src, src_len))
-        if target_index is None:
-            target_index = (tgt_out.reshape(-1) != PAD_ID).nonzero().squeeze(1)
-        rows = hidden.reshape(-1, hidden.size(-1)).index_select(0, target_index)
-        targets = tgt_out.reshape(-1).index_select(0, target_index)
-        return linear_cross_entropy(rows, self.output.weight, self.output.bias, targets, label_smoothing)
+        return target_loss(hidden, tgt_out, self.output, label_smoothing, target_index, PAD_ID)
 
     def loss(self, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
         """`forward` of a `Batch`."""
