@@ -13,10 +13,9 @@ from collections.abc import Callable
 import torch
 from tokenizers import Tokenizer
 
-from decaylab.data.batching import pad_sources
 from decaylab.data.tokenizer import EOS_ID, decode, encode
 from decaylab.generation.filtering import check_sampling
-from decaylab.generation.search import beam_search, check_beam, greedy, sample
+from decaylab.generation.search import check_beam, decode_in_batches
 from decaylab.models.contract import Seq2SeqModel
 
 METHODS = ("greedy", "beam", "sample")
@@ -61,25 +60,10 @@ def continue_prompts(model: Seq2SeqModel, tokenizer: Tokenizer, prompts: list[st
                 if on_cut is not None:
                     on_cut(i, len(seq) - 1)
                 ids[i] = seq[-room:]  # the prompt's last tokens: it no longer starts a document
-    continuations: list[list[int]] = [[] for _ in ids]
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths share a batch: little padding
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            src, src_len = pad_sources([ids[i] for i in chunk])
-            src = src.to(device)
-            if method == "greedy":
-                outputs = greedy(model, src, src_len, max_new_tokens)
-            elif method == "beam":
-                outputs = beam_search(model, src, src_len, beam, max_new_tokens, length_penalty)
-            else:
-                outputs = sample(model, src, src_len, max_new_tokens, temperature, top_k, top_p, generator)
-            for index, tokens in zip(chunk, outputs, strict=True):
-                continuations[index] = tokens
-    finally:
-        model.train(was_training)
+    decoded = decode_in_batches(model, ids, order, batch_size, device, lambda src_len: max_new_tokens, method, beam,
+                                length_penalty, temperature, top_k, top_p, generator)
+    continuations = [decoded[i] for i in range(len(ids))]
     # decoded with the prompt's tokens, so the continuation's first word keeps its leading space
     context = [seq[1:] if seq and seq[0] == EOS_ID else seq for seq in ids]
     whole = decode(tokenizer, [c + n for c, n in zip(context, continuations, strict=True)])

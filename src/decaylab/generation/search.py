@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from decaylab.data.batching import pad_sources
 from decaylab.data.tokenizer import BOS_ID, EOS_ID
 from decaylab.generation.filtering import check_sampling, mask_specials, sample_tokens
 from decaylab.models.contract import Seq2SeqModel
@@ -230,3 +231,30 @@ def beam_search(model: Seq2SeqModel, src: torch.Tensor, src_len: torch.Tensor, b
                 max_len: int | torch.Tensor, length_penalty: float = 1.0) -> list[list[int]]:
     """Beam search over a padded batch [B, S]; the best hypothesis's tokens for each row."""
     return [h.tokens for h in beam_hypotheses(model, src, src_len, beam, max_len, length_penalty)]
+
+
+def decode_in_batches(model: Seq2SeqModel, ids: list[list[int]], order: list[int], batch_size: int,
+                      device: torch.device, limit: Callable[[torch.Tensor], int | torch.Tensor], method: str,
+                      beam: int = 5, length_penalty: float = 1.0, temperature: float = 1.0, top_k: int = 0,
+                      top_p: float = 1.0, generator: torch.Generator | None = None) -> dict[int, list[int]]:
+    """The output tokens of the inputs `ids[i]` for i in `order`, decoded by `method` (greedy, beam or sample) in
+    batches of `batch_size` consecutive entries of `order`; `limit(src_len)` gives each batch's output limit. The
+    model runs in eval mode and gets its mode back."""
+    outputs: dict[int, list[int]] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            src, src_len = pad_sources([ids[i] for i in chunk])
+            src = src.to(device)
+            if method == "greedy":
+                hyps = greedy(model, src, src_len, limit(src_len))
+            elif method == "beam":
+                hyps = beam_search(model, src, src_len, beam, limit(src_len), length_penalty)
+            else:
+                hyps = sample(model, src, src_len, limit(src_len), temperature, top_k, top_p, generator)
+            outputs.update(zip(chunk, hyps, strict=True))
+    finally:
+        model.train(was_training)
+    return outputs

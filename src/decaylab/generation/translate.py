@@ -7,11 +7,10 @@ from collections.abc import Callable
 import torch
 from tokenizers import Tokenizer
 
-from decaylab.data.batching import pad_sources
 from decaylab.data.tokenizer import EOS_ID, decode, encode
 from decaylab.generation.filtering import check_sampling
 from decaylab.generation.limits import CHARS_PER_TOKEN
-from decaylab.generation.search import beam_search, check_beam, greedy, max_lengths, sample
+from decaylab.generation.search import check_beam, decode_in_batches, max_lengths
 from decaylab.models.contract import Seq2SeqModel
 
 METHODS = ("greedy", "beam", "sample")
@@ -67,22 +66,9 @@ def translate(model: Seq2SeqModel, tokenizer: Tokenizer, sources: list[str], *, 
     # Longest first: little padding per batch, and an out-of-memory error shows up at once.
     todo = [i for i, (text, seq) in enumerate(zip(sources, ids, strict=True)) if text.strip() and len(seq) > 1]
     todo.sort(key=lambda i: -len(ids[i]))
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            src, src_len = pad_sources([ids[i] for i in chunk])
-            src = src.to(device)
-            limit = max_lengths(src_len, max_len_ratio, max_len_extra)
-            if method == "greedy":
-                hyps = greedy(model, src, src_len, limit)
-            elif method == "beam":
-                hyps = beam_search(model, src, src_len, beam, limit, length_penalty)
-            else:
-                hyps = sample(model, src, src_len, limit, temperature, top_k, top_p, generator)
-            for index, hyp in zip(chunk, hyps, strict=True):
-                outputs[index] = hyp
-    finally:
-        model.train(was_training)
+    decoded = decode_in_batches(
+        model, ids, todo, batch_size, device, lambda src_len: max_lengths(src_len, max_len_ratio, max_len_extra),
+        method, beam, length_penalty, temperature, top_k, top_p, generator)
+    for index, hyp in decoded.items():
+        outputs[index] = hyp
     return decode(tokenizer, outputs)
