@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from decaylab.data.tokenizer import PAD_ID
+from decaylab.models.fused_loss import stacked_linear_cross_entropy
+
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Per-replica x[k] @ weight[k]ᵀ + bias[k] for x [K, ..., in], weight [K, out, in], bias [K, out]."""
@@ -78,3 +81,13 @@ class StackedModel:
         """Rows of the stacked embedding `name` [K, V, E] for tokens [B, T]: [K, B, T, E]."""
         weight = self.p(name)
         return weight.index_select(1, tokens.reshape(-1)).view(weight.size(0), *tokens.shape, weight.size(2))
+
+    def target_loss(self, hidden: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float,
+                    target_index: torch.Tensor | None) -> torch.Tensor:
+        """Per-replica summed cross-entropy [K] of final states [K, B, T, D] against `tgt_out` (pads not scored)."""
+        if target_index is None:
+            target_index = (tgt_out.reshape(-1) != PAD_ID).nonzero().squeeze(1)
+        rows = hidden.reshape(hidden.size(0), -1, hidden.size(-1)).index_select(1, target_index)
+        bias = self.p("output.bias") if self.has("output.bias") else None
+        return stacked_linear_cross_entropy(rows, self.p("output.weight"), bias,
+                                            tgt_out.reshape(-1).index_select(0, target_index), label_smoothing)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import torch
 
 from decaylab.config import RNNConfig
-from decaylab.data.tokenizer import PAD_ID
-from decaylab.models.fused_loss import stacked_linear_cross_entropy
 from decaylab.models.stacked import StackedModel, linear
 from decaylab.models.stacked_recurrence import GRURecurrence, LSTMRecurrence
 
@@ -136,9 +134,4 @@ class StackedSeq2Seq(StackedModel):
                  label_smoothing: float = 0.0, target_index: torch.Tensor | None = None) -> torch.Tensor:
         """Per-replica summed cross-entropy [K] over the non-pad target tokens (Seq2Seq.forward for each)."""
         hidden = self.decode(tgt_in, self.encode(src, src_len))
-        if target_index is None:
-            target_index = (tgt_out.reshape(-1) != PAD_ID).nonzero().squeeze(1)
-        rows = hidden.reshape(hidden.size(0), -1, hidden.size(-1)).index_select(1, target_index)
-        bias = self.p("output.bias") if self.has("output.bias") else None
-        return stacked_linear_cross_entropy(rows, self.p("output.weight"), bias,
-                                            tgt_out.reshape(-1).index_select(0, target_index), label_smoothing)
+        return self.target_loss(hidden, tgt_out, label_smoothing, target_index)

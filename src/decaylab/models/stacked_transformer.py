@@ -25,9 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from decaylab.config import AttentionStackConfig, DecoderConfig, TransformerConfig
-from decaylab.data.tokenizer import PAD_ID
 from decaylab.models.attention import Rotary
-from decaylab.models.fused_loss import stacked_linear_cross_entropy
 from decaylab.models.stacked import StackedModel, linear
 
 
@@ -149,15 +147,6 @@ class _StackedAttentionModel(StackedModel):
             x = x + self.p(positions)[:, :length].unsqueeze(1)
         return self.dropout(x)
 
-    def loss(self, hidden: torch.Tensor, tgt_out: torch.Tensor, label_smoothing: float,
-             target_index: torch.Tensor | None) -> torch.Tensor:
-        """Per-replica summed cross-entropy [K] of final states [K, B, T, D] against `tgt_out` (pads not scored)."""
-        if target_index is None:
-            target_index = (tgt_out.reshape(-1) != PAD_ID).nonzero().squeeze(1)
-        rows = hidden.reshape(hidden.size(0), -1, hidden.size(-1)).index_select(1, target_index)
-        bias = self.p("output.bias") if self.has("output.bias") else None
-        return stacked_linear_cross_entropy(rows, self.p("output.weight"), bias,
-                                            tgt_out.reshape(-1).index_select(0, target_index), label_smoothing)
 
 
 class StackedTransformer(_StackedAttentionModel):
@@ -202,7 +191,7 @@ class StackedTransformer(_StackedAttentionModel):
     def __call__(self, src: torch.Tensor, src_len: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor,
                  label_smoothing: float = 0.0, target_index: torch.Tensor | None = None) -> torch.Tensor:
         """Per-replica summed cross-entropy [K] over the non-pad target tokens (Transformer.forward for each)."""
-        return self.loss(self.decode(tgt_in, self.encode(src, src_len)), tgt_out, label_smoothing, target_index)
+        return self.target_loss(self.decode(tgt_in, self.encode(src, src_len)), tgt_out, label_smoothing, target_index)
 
 
 class StackedDecoderLM(_StackedAttentionModel):
@@ -225,4 +214,4 @@ class StackedDecoderLM(_StackedAttentionModel):
             h = self.norm(x, f"{prefix}.attention_norm")
             x = x + self.dropout(self.self_attention(f"{prefix}.attention", h, None, causal))
             x = x + self.dropout(self.mlp(f"{prefix}.mlp", self.norm(x, f"{prefix}.mlp_norm")))
-        return self.loss(self.norm(x, "norm"), tgt_out, label_smoothing, target_index)
+        return self.target_loss(self.norm(x, "norm"), tgt_out, label_smoothing, target_index)
