@@ -12,7 +12,7 @@ import torch
 from decaylab.config import Config, build_config, config_to_dict
 from decaylab.errors import UserError
 from decaylab.regularization import RULES, Acts, Regularization, ReplicaDecay, UnsupportedRule
-from decaylab.regularization.rules import DECAY_SCALINGS, MODES, SWEEPABLE
+from decaylab.regularization.rules import DECAY_SCALING_RULES, DECAY_SCALINGS, MODES, SWEEPABLE
 from decaylab.training import Trainer
 from decaylab.training.stacked import StackedTrainer
 from tests.conftest import tiny_config
@@ -62,8 +62,10 @@ def test_every_rule_is_stacked_exactly_or_refused_by_name(name, optimizer, scali
                        "train.eval_every=3", f"train.optimizer={optimizer}", *lr)
     on = with_regularization(base, rule_settings(name, scaling=scaling))
     off = with_regularization(base, rule_settings(name, lam=0.0))
-    if RULES[name].replica_kernel is None:
-        with pytest.raises(UserError, match=repr(name)):
+    refused = name if RULES[name].replica_kernel is None else (
+        scaling if DECAY_SCALING_RULES[scaling].scope != "all" else None)  # one c_t per replica, not per parameter
+    if refused:
+        with pytest.raises(UserError, match=repr(refused)):
             StackedTrainer([off, on], [tmp_path / "off", tmp_path / "on"], splits=splits, tokenizer=tokenizer)
         assert not (tmp_path / "on" / "metrics.jsonl").exists()  # refused before anything was written
         return

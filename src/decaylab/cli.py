@@ -326,7 +326,7 @@ def audit(
         return
 
     from decaylab.config import build_run_config
-    from decaylab.models import build_model
+    from decaylab.models import build_model, example_forward
     from decaylab.regularization import Regularization, compare_decay_sets
 
     cfg = build_run_config(config, sets, **{"regularization.mode": mode, "regularization.weight_decay": weight_decay,
@@ -341,7 +341,7 @@ def audit(
         return
     reg = _regularization(Regularization, cfg)
     report = reg.audit(model, optimizer_name=cfg.train.optimizer, lr=cfg.train.lr,
-                       steps=cfg.train.max_steps, steps_per_epoch=steps_per_epoch)
+                       steps=cfg.train.max_steps, steps_per_epoch=steps_per_epoch, example=example_forward(model))
     report.render(console=make_console())
 
 
@@ -358,7 +358,7 @@ def recommend(
     """λ for EMA timescales τ from one epoch to the whole run (Wang & Aitchison 2025), from the run's step count."""
     from decaylab.config import build_run_config
     from decaylab.data.prepare import run_steps
-    from decaylab.regularization.rules import DECAY_SCALINGS
+    from decaylab.regularization.rules import DECAY_SCALING_RULES, DECAY_SCALINGS
     from decaylab.regularization.timescale import (
         GUIDELINE,
         RULE,
@@ -391,10 +391,12 @@ def recommend(
     from rich.table import Table
 
     table = Table(title="λ that gives each timescale τ (decoupled decay, per decay_scaling)")
-    for column in ("τ (epochs)", "τ (steps)", *(f"λ, {s}: {timescale_formula(s)}" for s in DECAY_SCALINGS)):
+    # a scoped scaling has the c_t of its unscoped one at the peak lr, where τ is defined: no column of its own
+    shown = [s for s in DECAY_SCALINGS if DECAY_SCALING_RULES[s].scope == "all"]
+    for column in ("τ (epochs)", "τ (steps)", *(f"λ, {s}: {timescale_formula(s)}" for s in shown)):
         table.add_column(column, justify="right")
     for tau in taus:
-        lams = [lambda_for_tau(tau, per_epoch, scaling, peak) for scaling in DECAY_SCALINGS]
+        lams = [lambda_for_tau(tau, per_epoch, scaling, peak) for scaling in shown]
         table.add_row(f"{tau:g}", f"{lams[0][1]:,.0f}", *(f"{lam:.4g}" for lam, _ in lams))
     make_console().print(table)
     reg = cfg.regularization
@@ -405,8 +407,9 @@ def recommend(
         if reg.tau_epochs is None and reg.weight_decay > 0:
             now = (f"; its λ = {reg.weight_decay:g} gives τ = "
                    f"{tau_for_lambda(reg.weight_decay, per_epoch, reg.decay_scaling, peak):.3g} epochs")
+        column = reg.decay_scaling if reg.decay_scaling in shown else "corrected (c_t = η_max at the peak everywhere)"
         echo(f"this config (mode {reg.mode}, decay_scaling {reg.decay_scaling}): its column is "
-             f"{reg.decay_scaling}{now}; set τ itself with --set regularization.tau_epochs=T, or sweep it with "
+             f"{column}{now}; set τ itself with --set regularization.tau_epochs=T, or sweep it with "
              f"`decaylab sweep --taus {grid}`")
     else:
         echo(f"this config (mode {reg.mode}): τ does not apply ({problem}); sweep decoupled decay over this span "

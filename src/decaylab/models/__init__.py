@@ -4,6 +4,8 @@
 `sweep --vectorized`); an architecture without one is trained by the single-model engine only.
 """
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -36,6 +38,18 @@ def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
     return MODELS[cfg.arch](cfg, vocab_size)
 
 
+def example_forward(model: nn.Module) -> Callable[[], torch.Tensor]:
+    """One forward pass of a decaylab model on a made-up two-row batch (what a scoped decay scaling traces)."""
+    from decaylab.data.batching import collate
+    from decaylab.data.tokenizer import EOS_ID
+
+    targets = [[4, 5, 6, EOS_ID], [7, 8, EOS_ID]]
+    sources = [[] for _ in targets] if isinstance(model, DecoderLM) else targets  # a decoder LM reads no source
+    batch = collate(sources, targets)
+    device = next(model.parameters()).device
+    return lambda: model.loss(batch.to(device))
+
+
 def build_stacked(cfg: ModelConfig, params: dict[str, torch.Tensor], dropouts: list[float],
                   generators: list[torch.Generator] | None = None) -> StackedModel:
     """K replicas of the architecture named by `cfg.arch` over stacked `params` (KeyError: it has no stacked form)."""
@@ -43,4 +57,4 @@ def build_stacked(cfg: ModelConfig, params: dict[str, torch.Tensor], dropouts: l
 
 
 __all__ = ["MODELS", "STACKED_MODELS", "DecoderLM", "Seq2Seq", "Seq2SeqModel", "StackedModel", "Transformer",
-           "build_model", "build_stacked", "count_parameters"]
+           "build_model", "build_stacked", "count_parameters", "example_forward"]

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from .decay_set import DecayPlan, build_plan, show_regex
-from .rules import RULES, WEIGHT_DECAY_SCHEDULES, Acts, decay_set_names
+from .rules import DECAY_SCALING_RULES, RULES, WEIGHT_DECAY_SCHEDULES, Acts, decay_set_names
 from .timescale import peak_coefficient
 
 # Usual ranges of λ are each rule's `usual_range` (rules.py); outside them a value is more likely a units mistake
@@ -100,6 +100,12 @@ def print_audit(report: AuditReport, console: Any = None) -> None:
         console.print("no warnings")
 
 
+def _scope_note(inside: bool, outside: str) -> str:
+    if inside:
+        return "; feeds a norm: c_t = η_t²/η_max"
+    return f"; feeds no norm: c_t as {outside!r} ({DECAY_SCALING_RULES[outside].formula})"
+
+
 def build_audit(
     plan: DecayPlan,
     *,
@@ -114,10 +120,16 @@ def build_audit(
     optimizer_weight_decay: float = 0.0,
     weight_decay_schedule: str = "constant",
     weight_decay_warmup_steps: int = 0,
+    in_scope: frozenset[str] | None = None,
 ) -> AuditReport:
-    """Assemble rows, summary and warnings for `plan` under the given settings."""
+    """Assemble rows, summary and warnings for `plan` under the given settings.
+
+    `in_scope`: the parameters a scoped decay scaling covers (corrected_normalized); each decayed row then says
+    which c_t it gets.
+    """
     rule = RULES[mode]
     lam = weight_decay if rule.decays else 0.0
+    scaling = DECAY_SCALING_RULES[decay_scaling]
     rows = [
         AuditRow(
             name=i.name,
@@ -126,7 +138,8 @@ def build_audit(
             decayed=i.decayed,
             weight_decay=lam * i.multiplier,
             l1=l1 * i.multiplier,
-            reason=i.reason,
+            reason=i.reason + (_scope_note(i.name in in_scope, scaling.outside)
+                               if in_scope is not None and i.decayed else ""),
             aliases=i.aliases,
         )
         for i in plan.params
@@ -150,6 +163,7 @@ def build_audit(
         "mode": mode,
         "decay_set": plan.decay_set,
         "decay_scaling": decay_scaling,
+        "scope_tensors": None if in_scope is None else sum(1 for i in decayed if i.name in in_scope),
         "weight_decay": weight_decay,
         "l1": l1,
         "optimizer": optimizer_name,

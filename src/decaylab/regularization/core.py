@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,8 +12,10 @@ from torch import nn
 from . import kernels
 from .audit import AuditReport, build_audit
 from .decay_set import DecayPlan, build_plan
+from .normalized import params_feeding_norms
 from .optim import build_optimizer, build_param_groups, swd_denominator, weight_decay_now
 from .rules import (
+    DECAY_SCALING_RULES,
     DECAY_SCALINGS,
     DECAY_SETS,
     MODES,
@@ -48,6 +51,7 @@ class _Cached:
         self.decay_mult = None if all(m == 1.0 for m in mults) else torch.tensor(mults)
         self.all_tensors = [i.param for i in plan.params]
         self.decay_mask = torch.tensor([i.decayed for i in plan.params], dtype=torch.bool)
+        self.feeds_norm: frozenset[str] | None = None  # found by the first scoped optimizer build
 
 
 class Regularization:
@@ -157,8 +161,12 @@ class Regularization:
 
     # -- optimizer -----------------------------------------------------------------------------
 
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
-        """Torch param groups (one per distinct effective λ plus no-decay) with this mode's weight_decay."""
+    def param_groups(self, model: nn.Module, lr: float, example: Callable[[], Any] | None = None
+                     ) -> list[dict[str, Any]]:
+        """Torch param groups (one per distinct effective λ plus no-decay) with this mode's weight_decay.
+
+        `example`: one forward pass of `model`, needed by decay_scaling='corrected_normalized' (see `scope`).
+        """
         rule = RULES[self.mode]
         if self._mode_strength:
             # torch's constant group weight_decay cannot express these: a caller's optimizer would silently not
@@ -170,9 +178,23 @@ class Regularization:
             if what:
                 raise ValueError(f"{what} is applied by decaylab's step pre-hook, which a caller's optimizer lacks; "
                                  "build the optimizer with reg.optimizer(model, name, lr, total_steps=N)")
-        return self._groups(model, lr, None)
+        return self._groups(model, lr, None, example)
 
-    def _groups(self, model: nn.Module, lr: float, total_steps: int | None) -> list[dict[str, Any]]:
+    def scope(self, model: nn.Module, example: Callable[[], Any] | None = None) -> frozenset[str] | None:
+        """The parameters the decay scaling covers when it has a scope (corrected_normalized: those feeding a
+        normalization layer, found by running `example()`, one forward pass of `model`); None when it covers all.
+        """
+        if DECAY_SCALING_RULES[self.decay_scaling].scope == "all":
+            return None
+        cached = self._cached(model)
+        if cached.feeds_norm is None:
+            if example is None:
+                example = _dummy_forward(model, self.decay_scaling)
+            cached.feeds_norm = params_feeding_norms(model, example)
+        return cached.feeds_norm
+
+    def _groups(self, model: nn.Module, lr: float, total_steps: int | None,
+                example: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
         lr = check_positive("lr", lr)
         if (self.weight_decay_schedule != "constant" and total_steps is None and self._mode_strength
                 and RULES[self.mode].schedulable):
@@ -189,21 +211,23 @@ class Regularization:
             decay_scaling=self.decay_scaling,
             lr=lr,
             schedule=schedule,
+            in_scope=self.scope(model, example) if RULES[self.mode].acts is Acts.DECOUPLED else None,
         )
 
     def optimizer(
         self, model: nn.Module, name: str = "adamw", lr: float = 1e-3, total_steps: int | None = None,
-        **kwargs: Any
+        example: Callable[[], Any] | None = None, **kwargs: Any
     ) -> torch.optim.Optimizer:
         """A torch optimizer (sgd, sgdw, adam, adamw) applying this mode's decay; kwargs go to torch.
 
         `total_steps` (the run's optimizer steps) is needed by a `weight_decay_schedule` other than constant.
+        `example` (one forward pass of `model`) by decay_scaling='corrected_normalized', to find its scope.
         """
         check_choice("optimizer name", name, OPTIMIZERS)
         if total_steps is not None:
             total_steps = check_count("total_steps", total_steps, minimum=1)
         return build_optimizer(
-            self._groups(model, lr, total_steps),
+            self._groups(model, lr, total_steps, example),
             name,
             mode=self.mode,
             regularizes=self.regularizes,
@@ -256,7 +280,9 @@ class Regularization:
             # SWD: the denominator of the last step taken (1 before the first)
             denominator = float(swd_denominator(optimizer, coming=False)) if rule.reads == "second_moment" and (
                 optimizer.state) else 1.0
-            return rule.decay_factor(lam, self.decay_scaling, lr, float(peak), denominator)
+            # a scoped scaling reports the factor of the parameters in its scope (the others decay as with 'lr')
+            scaling = self.decay_scaling if DECAY_SCALING_RULES[self.decay_scaling].scope == "all" else "corrected"
+            return rule.decay_factor(lam, scaling, lr, float(peak), denominator)
         if equivalent and rule.decays and rule.strength == "weight_decay":
             return 1.0 - lr * lam
         return 1.0
@@ -278,8 +304,12 @@ class Regularization:
         steps_per_epoch: int | None = None,
         optimizer_name: str | None = None,
         optimizer_weight_decay: float = 0.0,
+        example: Callable[[], Any] | None = None,
     ) -> AuditReport:
-        """Every parameter with shape, decision and effective λ / λ_1, a summary and pitfall warnings."""
+        """Every parameter with shape, decision and effective λ / λ_1, a summary and pitfall warnings.
+
+        `example` (one forward pass of `model`) lets a scoped decay scaling show which parameters it covers.
+        """
         if lr is not None:
             lr = check_positive("lr", lr)
         if optimizer_name is not None:
@@ -300,4 +330,15 @@ class Regularization:
             optimizer_weight_decay=check_nonneg("optimizer_weight_decay", optimizer_weight_decay),
             weight_decay_schedule=self.weight_decay_schedule,
             weight_decay_warmup_steps=self.weight_decay_warmup_steps,
+            in_scope=self.scope(model, example) if RULES[self.mode].acts is Acts.DECOUPLED else None,
         )
+
+
+def _dummy_forward(model: nn.Module, decay_scaling: str) -> Callable[[], Any]:
+    """A forward pass of a model that offers one (Hugging Face's `dummy_inputs`); otherwise a ValueError."""
+    inputs = getattr(model, "dummy_inputs", None)
+    if isinstance(inputs, dict):
+        return lambda: model(**inputs)
+    raise ValueError(f"decay_scaling={decay_scaling!r} decays the parameters that feed a normalization layer with "
+                     "AdamC's c_t and the others with η_t; finding them takes one forward pass: pass "
+                     "example=lambda: model(batch) (or model.loss(batch)) to reg.optimizer / reg.param_groups")

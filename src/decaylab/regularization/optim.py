@@ -37,22 +37,35 @@ def torch_weight_decay(mode: str, lam: float, decay_scaling: str, peak_lr: float
 
 def build_param_groups(
     plan: DecayPlan, *, mode: str, weight_decay: float, decay_scaling: str, lr: float,
-    schedule: dict[str, Any] | None = None,
+    schedule: dict[str, Any] | None = None, in_scope: frozenset[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One group per distinct multiplier of the decay set plus one no-decay group (frozen params left out).
 
     `schedule`: the λ schedule's `weight_decay_schedule`, `weight_decay_warmup_steps` and `total_steps`, kept in
     every group with the count of steps taken (`decay_step`), so a checkpoint's optimizer state resumes it.
+    `in_scope`: under a decay scaling with a scope (`corrected_normalized`), the names of the parameters it covers;
+    the decayed ones outside it go to groups of their own with the scaling's `outside` c_t.
     """
-    by_mult: dict[float, list] = {}
+    scaling = DECAY_SCALING_RULES[decay_scaling]
+    scoped = scaling.scope != "all" and RULES[mode].acts is Acts.DECOUPLED
+    by_key: dict[tuple[float, str], list] = {}
     for info in plan.decayed:
-        by_mult.setdefault(info.multiplier, []).append(info)
+        own = decay_scaling
+        if scoped:
+            if in_scope is None:
+                raise ValueError(f"decay_scaling={decay_scaling!r} needs the names of the parameters in its scope")
+            # each group carries the per-group c_t rule the step pre-hook and the audit read
+            own = "corrected" if info.name in in_scope else scaling.outside
+        by_key.setdefault((info.multiplier, own), []).append(info)
     rest = [info for info in plan.not_decayed if info.trainable]
 
     groups = []
-    for m, infos in by_mult.items():
+    for (m, own), infos in by_key.items():
         lam = weight_decay * m if RULES[mode].decays else 0.0
-        groups.append(_group("decay" if m == 1.0 else f"decay x{m:g}", infos, lr, m, lam, mode, decay_scaling))
+        name = "decay" if m == 1.0 else f"decay x{m:g}"
+        if scoped:
+            name += f" ({'feeds a norm' if own == 'corrected' else 'feeds no norm'})"
+        groups.append(_group(name, infos, lr, m, lam, mode, own))
     if rest:
         groups.append(_group("no_decay", rest, lr, 0.0, 0.0, mode, decay_scaling))
     if not groups:

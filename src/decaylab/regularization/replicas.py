@@ -65,9 +65,18 @@ class ReplicaDecay:
         """Raise UnsupportedRule naming each rule with λ > 0 in `settings` that has no stacked kernel."""
         refused = sorted({rule.name for s in settings for rule, _ in active_rules(s) if rule.replica_kernel is None})
         if refused:
-            raise UnsupportedRule(f"{', '.join(map(repr, refused))} cannot be trained by the stacked engine "
+            raise UnsupportedRule(f"mode {', '.join(map(repr, refused))} cannot be trained by the stacked engine "
                                   "(--vectorized): no per-replica kernel is registered for it; run it without "
                                   "--vectorized")
+        scoped = sorted({s["decay_scaling"] for s in settings
+                         if DECAY_SCALING_RULES[s["decay_scaling"]].scope != "all"
+                         and any(rule.acts is Acts.DECOUPLED for rule, _ in active_rules(s))})
+        if scoped:
+            raise UnsupportedRule(f"decay_scaling {', '.join(map(repr, scoped))} cannot be trained by the stacked "
+                                  "engine (--vectorized): its c_t differs between the parameters that feed a "
+                                  "normalization layer and the others, and the per-replica kernels take one c_t per "
+                                  "replica; use decay_scaling 'corrected' (every decayed parameter) or run it "
+                                  "without --vectorized")
 
     def _of(self, acts: Acts) -> list[tuple[Rule, list[Tensor], list[Tensor]]]:
         return [t for t in self.terms if t[0].acts is acts]

@@ -101,6 +101,10 @@ class DecayScaling:
     varies: bool = False  # c_t / lr_t changes during the run: torch's group weight_decay is updated every step
     # c_t at the schedule's peak as text, for the timescale rule λ = 1/(c_peak·τ_iter) (timescale.py)
     at_peak: str = "c_peak"
+    # "all": every decayed parameter; "normalized": only those that feed a normalization layer
+    # (regularization/normalized.py), the others decayed with `outside`'s c_t
+    scope: str = "all"
+    outside: str = "lr"
 
     def torch_factor(self, lr: float, peak: float) -> float:
         """The factor f on λ such that torch's decay lr_t·(λ·f) is c_t·λ (at lr_t = `lr`)."""
@@ -115,6 +119,10 @@ DECAY_SCALING_RULES: dict[str, DecayScaling] = {
         # AdamC / corrected decay (Defazio 2025), on every decayed parameter as timm's `adamc`
         DecayScaling("corrected", "c_t = η_t²/η_max (AdamC, Defazio 2025)", lambda lr, peak: lr * lr / peak,
                      varies=True, at_peak="η_max"),
+        # the paper's scope: "layers followed by normalization" get the correction, every other one torch's η_t
+        DecayScaling("corrected_normalized", "c_t = η_t²/η_max on parameters that feed a normalization layer, "
+                     "η_t on the others (AdamC, the paper's scope)", lambda lr, peak: lr * lr / peak,
+                     varies=True, at_peak="η_max", scope="normalized"),
     )
 }
 DECAY_SCALINGS: tuple[str, ...] = tuple(DECAY_SCALING_RULES)
@@ -239,6 +247,11 @@ def _kernel(name: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(".kernels", __package__), name)
 
 
+# Typical λ per decay scaling (AdamW's convention for η_t-scaled ones, a per-step fraction for `schedule`)
+_DECOUPLED_RANGE = {"lr": (1e-4, 1.0), "schedule": (1e-6, 1e-2), "corrected": (1e-4, 1.0),
+                    "corrected_normalized": (1e-4, 1.0)}
+_SWD_RANGE = {"lr": (1e-6, 1e-2), "corrected": (1e-6, 1e-2), "corrected_normalized": (1e-6, 1e-2)}
+
 RULES: dict[str, Rule] = {
     r.name: r
     for r in (
@@ -253,14 +266,14 @@ RULES: dict[str, Rule] = {
              usual_range={"": (1e-5, 1e-1)}, replica_kernel="add_l2_gradient_", timescale=True),
         Rule("decoupled", Acts.DECOUPLED, "weight_decay", True, "w ← w − c_t·λ·m·w before the update (AdamW)",
              "decoupled (AdamW-style)", "#1f77b4",
-             usual_range={"lr": (1e-4, 1.0), "schedule": (1e-6, 1e-2), "corrected": (1e-4, 1.0)},
+             usual_range=_DECOUPLED_RANGE,
              replica_kernel="decoupled_decay_", timescale=True),
         # Chen et al. 2025 (arXiv 2510.12402), Algorithm 1: decay only where the update and the weight agree in
         # sign. Not timm's `caution` (Liang et al. 2024), which masks the update and leaves the decay alone.
         Rule("cautious", Acts.DECOUPLED, "weight_decay", True,
              "w ← w − c_t·λ·m·𝟙[u ⊙ w ≥ 0] ⊙ w before the update u (cautious weight decay, Chen et al. 2025)",
              "cautious (decay where u·w ≥ 0)", "#ff7f0e",
-             usual_range={"lr": (1e-4, 1.0), "schedule": (1e-6, 1e-2), "corrected": (1e-4, 1.0)},
+             usual_range=_DECOUPLED_RANGE,
              replica_kernel="cautious_decay_", reads="update"),
         # Xie et al., NeurIPS 2023 (arXiv 2011.11152), AdamS: the decoupled step divided by √mean(v̂_t) + ε, the
         # mean over every trainable parameter's bias-corrected second moment (the paper's and pytorch-optimizer's).
@@ -269,7 +282,7 @@ RULES: dict[str, Rule] = {
              "SWD (AdamS: decay ÷ √mean v̂)", "#8c564b", optimizers=("adam", "adamw"),
              optimizer_hint="stable weight decay divides the decay by Adam's second moment v̂, which SGD does not "
                             "keep; use mode='decoupled' (SGDW) or mode='cautious' with SGD",
-             usual_range={"lr": (1e-6, 1e-2), "corrected": (1e-6, 1e-2)},
+             usual_range=_SWD_RANGE,
              replica_kernel="stable_decay_", reads="second_moment"),
         Rule("l1", Acts.LOSS, "l1", False, "loss += λ₁·Σ m‖w‖₁ (with any mode)", "l1 (penalty)", "#9467bd",
              penalty="l1_penalty", replica_kernel="add_l1_gradient_",

@@ -23,7 +23,7 @@ def audit_run(run: Path, history: list[dict[str, Any]] | None = None) -> dict[st
             return {"error": f"audit unavailable: {exc}"}
     try:
         from decaylab.data.tokenizer import load_tokenizer
-        from decaylab.models import build_model
+        from decaylab.models import build_model, example_forward
         from decaylab.regularization import Regularization
         from decaylab.runfolder.layout import RunPaths, load_run_config
 
@@ -33,7 +33,7 @@ def audit_run(run: Path, history: list[dict[str, Any]] | None = None) -> dict[st
         reg = Regularization(**config.regularization.rule_settings())
         steps, per_epoch = _steps(history or [])
         report = reg.audit(model, optimizer_name=config.train.optimizer, lr=config.train.lr, steps=steps,
-                           steps_per_epoch=per_epoch)
+                           steps_per_epoch=per_epoch, example=example_forward(model))
         return report.to_dict()
     except DamagedFile as exc:  # a damaged tokenizer is an error of its own (which file, what still works)
         from decaylab.runfolder.load import TOKENIZER_NEEDED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from decaylab.config import Config, build_config, config_to_dict
@@ -118,6 +119,7 @@ def apply_point(reg: dict[str, Any], point: Point, swept_modes: list[str]) -> di
 
 def check_points(base: Config, points: list[Point], swept_modes: list[str]) -> None:
     """Build each distinct mode's optimizer on a toy module, so a contradiction fails before anything is written."""
+    import torch
     from torch import nn
 
     from decaylab.regularization import Regularization
@@ -140,6 +142,7 @@ def check_points(base: Config, points: list[Point], swept_modes: list[str]) -> N
             reg = Regularization(**settings)
             kwargs: dict[str, Any] = ({"momentum": cfg.train.momentum} if cfg.train.optimizer == "sgd"
                                       else {"betas": cfg.train.betas})
-            reg.optimizer(toy, cfg.train.optimizer, lr=cfg.train.lr, **kwargs)
+            reg.optimizer(toy, cfg.train.optimizer, lr=cfg.train.lr, example=partial(toy, torch.zeros(1, 2)),
+                          **kwargs)
         except ValueError as exc:
             raise UserError(f"--mode {point.mode}: {exc}") from None

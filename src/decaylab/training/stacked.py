@@ -123,7 +123,7 @@ class StackedTrainer:
         try:  # a rule the stack cannot run is refused by name, before anything is written
             ReplicaDecay.check([c.regularization.rule_settings() for c in configs])
         except UnsupportedRule as exc:
-            raise UserError(f"regularization.mode: {exc}") from None
+            raise UserError(f"regularization: {exc}") from None
         base = self.base = configs[0]
         cfg = base.train
         if cfg.threads:

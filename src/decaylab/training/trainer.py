@@ -146,7 +146,7 @@ class Trainer:
         try:
             self.reg = Regularization(**config.regularization.rule_settings())
             self.optimizer = self.reg.optimizer(self.model, cfg.optimizer, lr=cfg.lr, total_steps=self.total_steps,
-                                                **optimizer_kwargs(config))
+                                                example=self._example, **optimizer_kwargs(config))
         except ValueError as exc:
             raise UserError(f"regularization: {exc}") from None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -156,6 +156,11 @@ class Trainer:
         self.run = RunState(self.paths.root.name, config, self.paths, on_evaluate=on_evaluate)
         self.active: list[RunState] = [self.run]
         self.one_run = True
+
+    def _example(self) -> torch.Tensor:
+        """One forward pass on the first training batch (what a scoped decay scaling traces to find its scope)."""
+        group = self._epoch_groups(0)[0]
+        return self.model.loss(self.train_data.batch(group).to(self.device))
 
     def _epoch_groups(self, epoch: int) -> list[list[int]]:
         """Example indices per batch for `epoch` (the order depends only on seed and epoch)."""
