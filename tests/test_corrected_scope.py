@@ -121,3 +121,17 @@ def test_train_and_audit_use_it_on_a_transformer(cli, tmp_path) -> None:
     assert audit.code == 0, audit.err
     flat = " ".join(audit.out.split())
     assert "feeds a norm: c_t = η_t²/η_max" in flat and "feeds no norm: c_t as 'lr'" in flat
+
+
+def test_a_hugging_face_model_is_traced_through_its_dummy_inputs() -> None:
+    """GPT-2's Conv1D projections (addmm on a transposed weight): c_proj writes into the residual stream, c_attn
+    and c_fc do not; no example is needed, the model's `dummy_inputs` are its forward pass."""
+    transformers = pytest.importorskip("transformers")
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100,
+                                                                 n_positions=64, bos_token_id=0, eos_token_id=0))
+    reg = Regularization(mode="decoupled", weight_decay=0.1, decay_set="hf", decay_scaling="corrected_normalized")
+    groups = {g["group_name"]: set(g["param_names"]) for g in reg.optimizer(model, "adamw", lr=1e-3).param_groups}
+    assert groups["decay (feeds a norm)"] == {"transformer.wte.weight", "transformer.wpe.weight"} | {
+        f"transformer.h.{i}.{part}.c_proj.weight" for i in (0, 1) for part in ("attn", "mlp")}
+    assert groups["decay (feeds no norm)"] == {
+        f"transformer.h.{i}.{part}.weight" for i in (0, 1) for part in ("attn.c_attn", "mlp.c_fc")}
