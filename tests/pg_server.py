@@ -89,7 +89,8 @@ def postgres_server() -> Iterator[Server]:
     """Start a fresh cluster; stop it and remove its folder at the end, even when the body fails."""
     binaries = server_bin()
     assert binaries is not None, missing()
-    folder = Path(tempfile.mkdtemp(prefix="decaylab-pg-"))
+    # short (a Unix socket path has a limit of about 100 bytes) and, as root, in /tmp, which the postgres user can reach
+    folder = Path(tempfile.mkdtemp(prefix="decaylab-pg-", dir="/tmp" if os.geteuid() == 0 else None))
     data, log = folder / "data", folder / "server.log"
     started = False
     try:
