@@ -33,6 +33,18 @@ FLAGS = [*tiny_flags("train.epochs=4", "train.eval_every=2"), "--strategy", "opt
          "--pruner", "none", "-q"]
 
 
+def test_the_server_is_stopped_and_removed_when_the_test_body_fails() -> None:
+    import psycopg
+
+    with pytest.raises(RuntimeError, match="a failing test"), postgres_server() as running:
+        with psycopg.connect(f"host=127.0.0.1 port={running.port} user=decaylab dbname=postgres") as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        raise RuntimeError("a failing test")
+    assert not running.folder.exists()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(f"host=127.0.0.1 port={running.port} user=decaylab dbname=postgres", connect_timeout=5)
+
+
 @pytest.fixture(scope="module")
 def server():
     """One cluster for the module; every test uses a database of its own."""
@@ -46,8 +58,24 @@ def start(args: list[str], kill_at: int | None = None) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen, code: int = 0) -> None:
-    _, err = proc.communicate(timeout=240)
+    try:
+        _, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
     assert proc.returncode == code, err
+
+
+def finish_all(procs: list[subprocess.Popen]) -> None:
+    """Wait for every process; when one fails, kill the others rather than leave them running."""
+    try:
+        for proc in procs:
+            finish(proc)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def study_of(url: str, name: str):
@@ -76,8 +104,7 @@ def three(server, tmp_path_factory: pytest.TempPathFactory):
     common = ["sweep", *FLAGS, "--trials", str(TRIALS), "--storage", url, "--study", "three"]
     procs = [start(common + ["-o", str(root / "a")])]
     procs += [start(common + ["--join", "-o", str(root / name)]) for name in ("b", "c")]
-    for proc in procs:
-        finish(proc)
+    finish_all(procs)
     return root, url, [proc.pid for proc in procs]
 
 
