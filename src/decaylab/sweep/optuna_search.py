@@ -67,7 +67,11 @@ def open_storage(url: str, heartbeat: int | None = None):
         raise
     except Exception as exc:  # a missing driver, an unreachable server, a bad path: all one line for the user
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise UserError(f"--storage {url}: cannot open it ({exc.__class__.__name__}: {reason})") from None
+        hint = ""
+        if isinstance(exc, ImportError) and url.startswith("postgres"):
+            hint = ("; install a driver: pip install 'decaylab[postgres]' (psycopg 3) and write the URL "
+                    "postgresql+psycopg://user@host:port/database")
+        raise UserError(f"--storage {url}: cannot open it ({exc.__class__.__name__}: {reason}){hint}") from None
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
