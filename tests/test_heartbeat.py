@@ -89,3 +89,15 @@ def test_a_trial_that_keeps_dying_is_given_up(tmp_path: Path) -> None:
         retry_stale(study, optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params={},
                                                      distributions={}, user_attrs={}))  # died before naming a folder
     assert study.trials == []  # its slot goes to a new trial instead
+
+
+def test_every_process_uses_the_interval_the_study_was_created_with(tmp_path: Path) -> None:
+    from decaylab.sweep.optuna_search import create_or_load_study, study_heartbeat
+
+    settings = {"storage": f"sqlite:///{tmp_path / 's.db'}", "study": "s", "metric": "loss", "seed": 0, "trials": 4,
+                "pruner": "none", "zero": True, "dropouts": None}
+    first = create_or_load_study({**settings, "heartbeat": 7})
+    assert study_heartbeat(first) == 7
+    for other in (None, 2):  # a joiner with the default, or with its own --heartbeat: the study's 7 s wins
+        assert study_heartbeat(create_or_load_study({**settings, "heartbeat": other})) == 7
+    assert len(first.trials) == 1  # λ = 0 enqueued once, by the creator

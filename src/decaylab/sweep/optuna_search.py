@@ -175,7 +175,7 @@ def optuna_worker(ctx: TrialContext, settings: dict[str, Any], worker: int) -> i
     _quiet_optuna()
     settings = {**settings, "seed": settings["seed"] + worker if settings.get("seed") is not None else None}
     study = create_or_load_study(settings)
-    beat = study_heartbeat(study, settings)
+    beat = study_heartbeat(study)
     # a τ sweep derives each trial's λ from the base config (an objective sweep has none, and sweeps λ)
     base = ctx.base_config() if settings.get("steps_per_epoch") is not None else None
     budget, ran = settings["trials"], 0
@@ -191,9 +191,11 @@ def optuna_worker(ctx: TrialContext, settings: dict[str, Any], worker: int) -> i
     return ran
 
 
-def study_heartbeat(study, settings: dict[str, Any]) -> int | None:
-    """The heartbeat interval the study was created with (this process's setting for a study that has none)."""
-    return study.user_attrs.get(HEARTBEAT_ATTR, settings.get("heartbeat"))
+def study_heartbeat(study) -> int | None:
+    """The heartbeat interval of the storage this process opened the study with (the one its grace period is
+    measured against); None without a heartbeat (also for a journal storage, which has none)."""
+    interval = getattr(study._storage, "get_heartbeat_interval", None)
+    return interval() if interval is not None else None
 
 
 def _run_trial(ctx: TrialContext, study, trial, settings: dict[str, Any], base: Config | None, budget: int) -> int:
