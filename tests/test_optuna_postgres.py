@@ -7,6 +7,7 @@ failure (`.ci/run` installs the server, `make test` the driver through the `post
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,8 +29,9 @@ if PROBLEM is not None:
 
 CLI = [sys.executable, "-m", "decaylab.cli"]
 TRIALS = 5
+EPOCHS, STEPS = 3, 12  # 4 optimizer steps per epoch on the fixture pairs
 # eval every 2 steps, so a kill at step 7 leaves a checkpoint at step 6 for the retry to continue from
-FLAGS = [*tiny_flags("train.epochs=4", "train.eval_every=2"), "--strategy", "optuna", "--lambdas", "log:1e-4:1:5",
+FLAGS = [*tiny_flags("train.epochs=3", "train.eval_every=2"), "--strategy", "optuna", "--lambdas", "log:1e-4:1:5",
          "--pruner", "none", "-q"]
 
 
@@ -124,7 +126,7 @@ def test_leader_and_two_joiners_complete_exactly_the_trials_none_twice(three) ->
         run = root / by_pid[t.user_attrs["pid"]] / "trials" / t.user_attrs["run"]
         assert lock_pid(run) == t.user_attrs["pid"]
         steps = steps_of(run)
-        assert steps == sorted(set(steps)) and read_jsonl(run / "metrics.jsonl")[-1]["epoch"] == 4
+        assert steps == sorted(set(steps)) and read_jsonl(run / "metrics.jsonl")[-1]["epoch"] == EPOCHS
     assert len({t.user_attrs["pid"] for t in counted}) >= 2  # the work was shared (the leader starts first)
     rows = read_jsonl(root / "a" / "trials.jsonl")  # the whole study, as the leader saw it at the end
     assert sorted(r["trial_number"] for r in rows) == sorted(t.number for t in counted)
@@ -134,10 +136,19 @@ def test_leader_and_two_joiners_complete_exactly_the_trials_none_twice(three) ->
 
 
 @pytest.fixture(scope="module")
-def killed(server, tmp_path_factory: pytest.TempPathFactory):
+def kill_runs(server, tmp_path_factory: pytest.TempPathFactory):
+    """The two kill scenarios below, side by side (each is a chain of single-threaded processes, one at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        leader = pool.submit(leader_killed, server, tmp_path_factory.mktemp("killed") / "a")
+        joiner = pool.submit(joiner_killed, server, tmp_path_factory.mktemp("joiner-killed"))
+        return {"leader": leader.result(), "joiner": joiner.result()}
+
+
+def leader_killed(server, out: Path):
     """The leader killed with SIGKILL at step 7 of its first trial; then a --join worker in its folder finishes the
     study (it finds the dead trial by its stale heartbeat, 2 × 2 s, and continues it from its checkpoint)."""
-    out = tmp_path_factory.mktemp("killed") / "a"
     url = new_database(server, "killed")
     common = ["sweep", *FLAGS, "--trials", str(TRIALS), "--storage", url, "--study", "killed", "--heartbeat", "2",
               "-o", str(out)]
@@ -148,8 +159,8 @@ def killed(server, tmp_path_factory: pytest.TempPathFactory):
     return out, url, leader.pid, joiner.pid
 
 
-def test_a_killed_worker_s_trial_is_found_by_its_heartbeat_and_continued(killed) -> None:
-    out, url, leader, joiner = killed
+def test_a_killed_worker_s_trial_is_found_by_its_heartbeat_and_continued(kill_runs) -> None:
+    out, url, leader, joiner = kill_runs["leader"]
     trials = study_of(url, "killed").trials
     lost = [t for t in trials if t.state.name == "FAIL" and not t.user_attrs.get("over_budget")]
     assert len(lost) == 1 and lost[0].user_attrs["pid"] == leader  # the trial it was training when it died
@@ -164,13 +175,13 @@ def test_a_killed_worker_s_trial_is_found_by_its_heartbeat_and_continued(killed)
     assert lock_pid(run) == joiner
     steps = steps_of(run)
     # the dead leader's evaluations up to its checkpoint at step 6, then the joiner's from step 8: none twice
-    assert steps == list(range(2, 17, 2))
+    assert steps == list(range(2, STEPS + 1, 2))
     assert sum(1 for _ in (out / "trials").iterdir()) == TRIALS  # the retry reused the dead trial's folder
     assert not (out / "summary.json").exists()  # the leader's part: see the resume below
 
 
-def test_a_resumed_leader_recomputes_nothing_that_finished(killed, monkeypatch: pytest.MonkeyPatch) -> None:
-    out, url, _, _ = killed
+def test_a_resumed_leader_recomputes_nothing_that_finished(kill_runs, monkeypatch: pytest.MonkeyPatch) -> None:
+    out, url, _, _ = kill_runs["leader"]
     before = len(study_of(url, "killed").trials)
     stamps = {path: path.stat().st_mtime_ns for path in out.glob("trials/**/*") if path.is_file()}
     steps: list[int] = []
@@ -191,3 +202,34 @@ def test_a_resumed_leader_recomputes_nothing_that_finished(killed, monkeypatch: 
     assert result.summary["optuna"]["complete"] == TRIALS and result.final["reused_trial"] is not None
     again = sweep(resume=out)  # and once more: the same answer, still nothing trained
     assert steps == [] and again.final["test"] == result.final["test"] and again.best == result.best
+
+
+def joiner_killed(server, root: Path):
+    """A --join worker, alone (so it creates the study), killed with SIGKILL at step 7 of its first trial; then the
+    leader, in a folder of its own, runs the study to its end."""
+    url = new_database(server, "joiner_killed")
+    common = ["sweep", *FLAGS, "--trials", str(TRIALS), "--storage", url, "--study", "jk", "--heartbeat", "2"]
+    joiner = start(common + ["--join", "-o", str(root / "b")], kill_at=7)
+    finish(joiner, -9)
+    leader = start(common + ["-o", str(root / "a")])
+    finish(leader)
+    return root, url, leader.pid, joiner.pid
+
+
+def test_a_killed_joiner_s_trial_is_retried_by_the_leader_afresh_in_its_own_folder(kill_runs) -> None:
+    root, url, leader, joiner = kill_runs["joiner"]
+    trials = study_of(url, "jk").trials
+    lost = [t for t in trials if t.state.name == "FAIL" and not t.user_attrs.get("over_budget")]
+    assert len(lost) == 1 and lost[0].user_attrs["pid"] == joiner
+    counted = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(counted) == TRIALS and {t.user_attrs["pid"] for t in counted} == {leader}
+    retry = [t for t in counted if t.user_attrs.get("retry_of") == lost[0].number]
+    assert len(retry) == 1 and retry[0].user_attrs["run"] == lost[0].user_attrs["run"]
+    name = lost[0].user_attrs["run"]
+    # the leader cannot see the joiner's folder, so it trained the point from the start in its own
+    assert steps_of(root / "a" / "trials" / name) == list(range(2, STEPS + 1, 2))
+    assert steps_of(root / "b" / "trials" / name) == [2, 4, 6]  # the dead joiner's part, left where it was
+    rows = read_jsonl(root / "a" / "trials.jsonl")
+    assert len(rows) == TRIALS and len({r["trial"] for r in rows}) == TRIALS  # the lost trial once, as its retry
+    assert [r["run"] for r in rows if r["trial"] == name] == [f"trials/{name}"]
+    assert json.loads((root / "a" / "summary.json").read_text())["optuna"]["complete"] == TRIALS
