@@ -24,7 +24,8 @@ from tests.test_sweep import lock_pid, tiny_flags
 PROBLEM = missing()
 if PROBLEM is not None:
     if os.environ.get("CI") == "true":
-        raise RuntimeError(f"CI=true requires the PostgreSQL tests: {PROBLEM}; .ci/run installs it")
+        raise RuntimeError(f"CI=true requires the PostgreSQL tests: {PROBLEM} (.ci/run installs the server, "
+                           "`make test` the driver)")
     pytest.skip(PROBLEM, allow_module_level=True)
 
 CLI = [sys.executable, "-m", "decaylab.cli"]
