@@ -275,6 +275,9 @@ def test_optuna_workers_and_journal_storage(tmp_path: Path) -> None:
         (["--strategy", "optuna", "--storage", "study.db"], "expected an SQLAlchemy URL"),
         (["--mode", "coupled", "--set", "train.optimizer=adamw"], "--mode coupled: mode='coupled' with optimizer"),
         (["--workers", "0"], "--workers: must be at least 1"),
+        (["--heartbeat", "5"], "--heartbeat: only applies to --strategy optuna"),
+        (["--strategy", "optuna", "--heartbeat", "-1"], "--heartbeat: seconds between a running trial's heartbeats"),
+        (["--strategy", "optuna", "--storage", "journal:/tmp/j.log", "--heartbeat", "5"], "journal storage has no"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(args: list[str], message: str, tmp_path: Path,

@@ -594,6 +594,10 @@ def sweep(
     join: Annotated[bool, typer.Option("--join", help="optuna: work on an existing study as an extra worker "
                                        "(no final step).")] = False,
     pruner: Annotated[str | None, typer.Option(help="optuna: median, halving or none (default: median).")] = None,
+    heartbeat: Annotated[int | None, typer.Option(help="optuna: seconds between a running trial's heartbeats in a "
+                                                  "database storage; a trial silent for twice that (its process "
+                                                  "died) is retried (default: 60 on a server, off on SQLite; 0: "
+                                                  "off).")] = None,
     seeds: Annotated[int | None, typer.Option(help="grid, cv: train every point (and fold) with this many seeds "
                                               "(--seed, --seed+1, ...; the data order stays fixed) and report "
                                               "mean ± SE over them.")] = None,
@@ -648,7 +652,7 @@ def sweep(
               "rule": rule, "metric": metric, "trials": trials, "storage": storage, "study": study, "join": join,
               "workers": workers, "eta": eta, "min_epochs": min_epochs, "pruner": pruner,
               "no_zero": no_zero or None, "resume": resume, "final": not no_final, "quiet": quiet, "seeds": seeds,
-              "overwrite": overwrite}
+              "overwrite": overwrite, "heartbeat": heartbeat}
     if objective is not None or (resume is not None and _objective_sweep(resume)):
         for flag, value in (("--config", config), ("--data", data), ("--preset", preset), ("--lr", lr),
                             ("--optimizer", optimizer), ("--max-examples", max_examples), ("--device", device),
@@ -692,7 +696,8 @@ def sweep(
                            dropouts=dropout, folds=folds, rule=rule, metric=metric, trials=trials, storage=storage,
                            study=study, join=join, workers=workers, eta=eta, min_epochs=min_epochs, pruner=pruner,
                            no_zero=no_zero or None, output=output, resume=resume, final=not no_final, quiet=quiet,
-                           vectorized=vectorized, replicas=replicas, seeds=seeds, overwrite=overwrite, taus=taus)
+                           vectorized=vectorized, replicas=replicas, seeds=seeds, overwrite=overwrite, taus=taus,
+                           heartbeat=heartbeat)
     except KeyboardInterrupt:
         typer.echo(f"interrupted; continue with `decaylab sweep --resume {resume or output}`", err=True)
         raise SystemExit(130) from None

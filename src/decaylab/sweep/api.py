@@ -101,7 +101,8 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
           seeds: int | None = None, runner: TrialRunner = run_trials, overwrite: bool = False,
           taus: str | Sequence[float] | None = None, objective: Callable[..., Any] | str | None = None,
           examples: int | None = None, epochs: int | None = None, seed: int | None = None,
-          regularization: Any = None, params: dict[str, Any] | None = None) -> SweepResult:
+          regularization: Any = None, params: dict[str, Any] | None = None,
+          heartbeat: int | None = None) -> SweepResult:
     """Choose λ on evidence (grid, cv, optuna or halving); see docs/sweeps.md. Bad input raises UserError.
 
     `taus` sweeps λ's EMA timescale τ in epochs instead of λ (`log:LO:HI:N` or a list; not with `lambdas`): each
@@ -115,6 +116,9 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
     The process that runs the sweep (not a `join` worker) owns its folder (runfolder/lock.py) while it runs; every
     trial's folder is owned by the process that trains it. A new sweep in a folder that holds one is refused
     unless `overwrite`, which removes the old sweep's files first.
+
+    `heartbeat` (optuna): seconds between a running trial's heartbeats in a database storage (default 60 on a
+    server, off on SQLite; 0 turns it off); a trial silent for twice that is failed and retried (sweep/heartbeat.py).
 
     `vectorized=True` trains the points of each grid, CV fold or halving rung at once as one stacked model (at
     most `replicas` per stack; every architecture with a stacked form: rnn, transformer, decoder); in fp32 each
@@ -137,7 +141,8 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
                    "rule": rule, "metric": metric, "trials": trials, "storage": storage, "study": study, "eta": eta,
                    "min_epochs": min_epochs, "pruner": pruner, "no_zero": no_zero, "seeds": seeds}
         return _objective_sweep(objective, options, objective_args, workers=workers, join=join, output=output,
-                                resume=resume, final=final, quiet=quiet, overwrite=overwrite, started=started)
+                                resume=resume, final=final, quiet=quiet, overwrite=overwrite, started=started,
+                                heartbeat=heartbeat)
     for name, value in objective_args.items():
         if value is not None:
             raise UserError(f"{name}: belongs to a sweep over an objective (objective=...); decaylab's own "
@@ -176,7 +181,9 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
     base = _with_bleu(base, spec.metric, say)
     if vectorized:
         runner = _vectorized(spec, base, workers, replicas, quiet)
+    beat = _heartbeat(heartbeat, spec, store)
     plan = _validate(spec, base, store, stored, join, overwrite)
+    plan.heartbeat = beat
     resuming = resume is not None
     try:
         if join:  # a worker of a running study owns only the trials it trains, not the sweep folder
@@ -213,6 +220,19 @@ def _vectorized(spec: SweepSpec, base: Config, workers: int, replicas: int | Non
     return vectorized_runner(replicas, quiet)
 
 
+def _heartbeat(given: int | None, spec: SweepSpec, store: SweepStore) -> int | None:
+    """The heartbeat interval of an Optuna sweep's storage (None: off); `--heartbeat` elsewhere is an error."""
+    from decaylab.sweep.heartbeat import heartbeat_seconds
+    from decaylab.sweep.optuna_search import storage_url
+
+    if spec.strategy != "optuna":
+        if given is not None:
+            raise UserError(f"--heartbeat: only applies to --strategy optuna (this sweep is --strategy "
+                            f"{spec.strategy})")
+        return None
+    return heartbeat_seconds(given, storage_url(spec.storage, store.root))
+
+
 def _default_output(config: Config | str | Path | None, spec: SweepSpec) -> Path:
     stem = Path(str(config)).stem if isinstance(config, (str, Path)) else "sweep"
     return Path("sweeps") / f"{stem}-{spec.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -225,6 +245,7 @@ class _Plan:
     splits: Any
     folds: list[list[int]] | None
     storage: str | None
+    heartbeat: int | None = None  # optuna: seconds between a running trial's heartbeats (None: off)
 
 
 def _validate(spec: SweepSpec, base: Config, store: SweepStore, stored: dict[str, Any] | None, join: bool,
@@ -331,7 +352,7 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
                     "base_dropout": base.model.dropout,
                     "lo": (spec.tau_range if spec.taus is not None else spec.lambda_range)[0],
                     "hi": (spec.tau_range if spec.taus is not None else spec.lambda_range)[1],
-                    "steps_per_epoch": per_epoch}
+                    "steps_per_epoch": per_epoch, "heartbeat": plan.heartbeat}
         rows = run_optuna(ctx, settings, workers, say, leader=not join, resume=resuming, verbose=not quiet)
         store.write_rows(rows)
         table_rows = rows
@@ -372,7 +393,7 @@ def _reusable(spec: SweepSpec, rows: list[dict[str, Any]], point: Point, base: C
 
 def _objective_sweep(objective: Callable[..., Any] | str | None, options: dict[str, Any], args: dict[str, Any], *,
                      workers: int, join: bool, output: str | Path | None, resume: str | Path | None, final: bool,
-                     quiet: bool, overwrite: bool, started: float) -> SweepResult:
+                     quiet: bool, overwrite: bool, started: float, heartbeat: int | None = None) -> SweepResult:
     """`sweep(objective=fn, ...)`: the same plan, folder, resume, selection and summary, with the user's function
     training each trial (sweep/objective.py)."""
     import pickle
@@ -429,6 +450,7 @@ def _objective_sweep(objective: Callable[..., Any] | str | None, options: dict[s
         store = SweepStore(Path(output) if output is not None else _default_output(None, spec))
         if spec.strategy == "optuna" and spec.study is None:
             spec.study = store.root.resolve().name
+    beat = _heartbeat(heartbeat, spec, store)
     for key in ("epochs", "examples"):
         value = settings[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -476,14 +498,14 @@ def _objective_sweep(objective: Callable[..., Any] | str | None, options: dict[s
     try:
         if join:
             return _run_objective(spec, ctx, store, record, points, workers, join, resume is not None, final, quiet,
-                                  started)
+                                  started, beat)
         with FolderLock(store.root):
             if stored is None:
                 _check_folder(store, record, join, overwrite)
                 if overwrite:
                     store.clear()
             return _run_objective(spec, ctx, store, record, points, workers, join, resume is not None, final, quiet,
-                                  started)
+                                  started, beat)
     except WriteError as exc:
         go_on = (f"continue with `decaylab sweep --resume {store.root}`" if store.is_sweep()
                  else "start the sweep again")
@@ -492,7 +514,7 @@ def _objective_sweep(objective: Callable[..., Any] | str | None, options: dict[s
 
 def _run_objective(spec: SweepSpec, ctx: Any, store: SweepStore, record: dict[str, Any], points: list[Point],
                    workers: int, join: bool, resuming: bool, final: bool, quiet: bool,
-                   started: float) -> SweepResult:
+                   started: float, heartbeat: int | None = None) -> SweepResult:
     from decaylab.sweep.cv import run_cv
     from decaylab.sweep.grid import run_grid
     from decaylab.sweep.halving import run_halving
@@ -520,7 +542,7 @@ def _run_objective(spec: SweepSpec, ctx: Any, store: SweepStore, record: dict[st
         settings = {"storage": storage_url(spec.storage, store.root), "study": spec.study, "trials": spec.trials,
                     "metric": spec.metric, "pruner": spec.pruner, "seed": None if join else ctx.seed,
                     "zero": spec.zero, "modes": spec.modes, "dropouts": spec.dropouts, "base_dropout": None,
-                    "lo": spec.lambda_range[0], "hi": spec.lambda_range[1]}
+                    "lo": spec.lambda_range[0], "hi": spec.lambda_range[1], "heartbeat": heartbeat}
         rows = table_rows = run_optuna(ctx, settings, workers, say, leader=not join, resume=resuming,
                                        verbose=not quiet)
         store.write_rows(rows)
