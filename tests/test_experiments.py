@@ -52,7 +52,6 @@ def test_ground_truth_quick_and_resume(tmp_path: Path) -> None:
     grid = saved["settings"]["grid"]
     for teacher in results["teachers"]:
         assert teacher["chosen"]["min"] in [0.0, *grid] and teacher["chosen"]["1se"] >= teacher["chosen"]["min"]
-        assert teacher["oracle_test_loss"] <= teacher["test_loss"]["min"] + 1e-12  # nothing beats the oracle
         assert teacher["final_test_loss"] == pytest.approx(teacher["test_loss"]["min"], abs=1e-6)
     # a killed experiment continues: teacher 1's sweep lost its summary (killed before the end); finished trials
     # are not trained again and the answer is the same
