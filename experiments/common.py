@@ -8,7 +8,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import decaylab
 from decaylab.files import atomic_write_bytes, atomic_write_json
 from decaylab.report.plots import new_figure, to_png
 from decaylab.runfolder.layout import versions
+from decaylab.runfolder.lock import holder
 from decaylab.sweep.store import SweepStore
 
 HERE = Path(__file__).resolve().parent
@@ -54,6 +55,8 @@ class Experiment:
     output: Path  # results.json and the figures
     runs: Path  # the sweep folders (heavy; .gitignore keeps them out of git)
     command: str
+    threads: int | None = None  # --threads: torch threads of this process and of its trainings (None: torch's)
+    args: argparse.Namespace | None = None  # every option, the experiment's own ones included
     started: float = field(default_factory=time.perf_counter)
     load_start: list[float] = field(default_factory=lambda: list(os.getloadavg()))
     load_samples: list[float] = field(default_factory=list)
@@ -61,8 +64,11 @@ class Experiment:
 
     def sweep(self, key: str, **options: Any) -> dict[str, Any]:
         """`decaylab.sweep(**options)` into runs/<key>/, resumable: a finished sweep is read back, an unfinished one
-        continues with decaylab's resume (finished trials are not redone), a missing one starts. The summary."""
+        continues with decaylab's resume (finished trials are not redone), a missing one starts; one that another
+        process is training is waited for. The summary."""
         folder = self.runs / key
+        while holder(folder) is not None:  # another process of this experiment trains it now: wait for it
+            time.sleep(5)
         store = SweepStore(folder)
         summary = store.summary() if store.is_sweep() else None
         if summary is None:
@@ -99,16 +105,26 @@ class Experiment:
         return path
 
 
-def start(name: str, description: str, argv: Sequence[str] | None = None) -> Experiment:
-    """Parse `--quick` and `--output DIR`; the folders: DIR (default experiments/<name>/results, or .../runs/quick
-    for --quick) for results.json and figures, DIR/runs or experiments/<name>/runs for the sweeps."""
+def start(name: str, description: str, argv: Sequence[str] | None = None,
+          options: Callable[[argparse.ArgumentParser], None] | None = None) -> Experiment:
+    """Parse `--quick`, `--output DIR`, `--threads N` and the experiment's own `options`; the folders: DIR (default
+    experiments/<name>/results, or .../runs/quick for --quick) for results.json and figures, DIR/runs or
+    experiments/<name>/runs for the sweeps."""
     parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description)
     parser.add_argument("--quick", action="store_true",
                         help="a small version that keeps the pipeline working (its numbers are not the result)")
     parser.add_argument("--output", type=Path, default=None,
                         help="folder for results.json and figures (default experiments/NAME/results; sweeps go to "
                              "experiments/NAME/runs, or to OUTPUT/runs when --output is given)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of this process (1 is fastest on a machine shared with other jobs)")
+    if options is not None:
+        options(parser)
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     folder = HERE / name
     if args.output is not None:
         output, runs = args.output, args.output / "runs"
@@ -120,4 +136,4 @@ def start(name: str, description: str, argv: Sequence[str] | None = None) -> Exp
     runs.mkdir(parents=True, exist_ok=True)
     shown = list(argv) if argv is not None else sys.argv[1:]
     command = shlex.join(["python", "-m", f"experiments.{name}", *map(str, shown)])
-    return Experiment(name, args.quick, output, runs, command)
+    return Experiment(name, args.quick, output, runs, command, threads=args.threads, args=args)

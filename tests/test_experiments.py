@@ -61,3 +61,43 @@ def test_ground_truth_quick_and_resume(tmp_path: Path) -> None:
     again = main(["--quick", "--output", str(tmp_path)])
     assert _mtimes(sweep / "trials") == before
     assert again["teachers"][1]["chosen"] == results["teachers"][1]["chosen"]
+
+
+def test_lr_lambda_quick_and_resume(tmp_path: Path) -> None:
+    from experiments.lr_lambda.__main__ import main
+
+    from decaylab.data.prepare import encode_split
+    from decaylab.data.splits import load_splits
+    from decaylab.evaluation.metrics import corpus_loss
+    from decaylab.runfolder.load import load_trained
+
+    out = main(["--quick", "--output", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["verdict"].split(":")[0] in ("reproduced", "partly reproduced", "not reproduced")
+    for name in ("heatmaps", "slopes"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 20_000
+    families = out["families"]
+    assert set(families) == {"adam_l2", "adamw_lr", "sgdw_schedule"}
+    for key, family in families.items():
+        assert [p["lr"] for p in family["per_lr"]] == saved["settings"]["lrs"][family["optimizer"]]
+        for p in family["per_lr"]:
+            lams = [c["lambda"] for c in p["cells"]]
+            own_zero = key != "adamw_lr"  # adam_l2 shares its λ = 0; sgd_l2, sgdw_schedule's sibling, is not in --quick
+            assert lams == ([0.0] if own_zero else []) + family["lambdas"]
+            assert all(math.isfinite(c["final_val_loss"]) for c in p["cells"])
+            assert p["baseline"] is not None and p["baseline"]["lambda"] == 0  # its own, or its sibling's
+            # the decay acted, as its rule says: more λ, smaller decayed weights at the end
+            norms = [c["decay_norm"] for c in p["cells"]]
+            assert all(a >= b - 1e-6 for a, b in zip(norms, norms[1:], strict=False)), (key, p["lr"], norms)
+    # the paired test's per-sentence losses add up to decaylab's own corpus loss of the same model
+    paired = out["paired_test"]
+    run = load_trained(Path(paired["system_a"]["run"]), "last", "cpu")
+    test = encode_split(run.config, run.tokenizer, load_splits(run.config.data).test)
+    assert paired["examples"] == len(test) == 40
+    assert paired["a"] == pytest.approx(corpus_loss(run.model, test, run.device), rel=1e-6)
+    assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"]
+    # run again: every sweep is read back, nothing is trained
+    before = _mtimes(tmp_path / "runs")
+    again = main(["--quick", "--output", str(tmp_path)])
+    assert _mtimes(tmp_path / "runs") == before
+    assert again["families"]["adamw_lr"]["per_lr"] == families["adamw_lr"]["per_lr"]
