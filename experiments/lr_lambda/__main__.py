@@ -29,7 +29,7 @@ BASE = ["data.name=bible-en-es", "data.max_examples=400", "data.max_valid_exampl
         "model.bidirectional=false", "model.dropout=0", "train.epochs=12", "train.schedule=constant", "seed=0"]
 FULL = {
     "base": BASE,
-    "lrs": {"adam": [0.00316, 0.01, 0.0316], "sgd": [0.1, 0.316, 1.0]},
+    "lrs": {"adam": [0.00316, 0.01, 0.0316, 0.1], "sgd": [0.1, 0.316, 1.0]},
     "grids": {"adam_l2": (1e-6, 1e-3), "adamw_lr": (0.0316, 31.6), "adamw_schedule": (3.16e-4, 0.316),
               "sgd_l2": (1e-5, 1e-2), "sgdw_schedule": (1e-5, 1e-2)},
     "families": ["adam_l2", "adamw_lr", "adamw_schedule", "sgd_l2", "sgdw_schedule"],

@@ -14,15 +14,12 @@ from experiments.common import new_figure
 
 def heatmaps(results: dict[str, dict[str, Any]]) -> Figure:
     """Rows η, columns λ (λ = 0 first, from the family's own sweep or its sibling's), colour the final validation
-    loss on one scale for all panels; a white dot marks each η's best λ, a cross a diverged run."""
+    loss above the row's best (0 to 0.3 nats; worse cells saturate): η moves the whole row's level far more than λ
+    does, and λ*'s place in each row is the question. The row's best loss is in its label; a white dot marks each
+    η's best λ > 0, a red cross a diverged run."""
     n = len(results)
-    fig = new_figure(4.2 * n, 3.6)
+    fig = new_figure(4.4 * n, 3.7)
     axes = fig.subplots(1, n, squeeze=False)[0]
-    finite = [c["final_val_loss"] for r in results.values() for p in r["per_lr"] for c in p["cells"]
-              if math.isfinite(c["final_val_loss"])]
-    floor = min(finite)
-    norm = Normalize(floor, min(max(finite), floor + 1.0))  # the interesting range; worse cells saturate
-    image = None
     for ax, r in zip(axes, results.values(), strict=True):
         lams = [0.0, *r["lambdas"]]
         lrs = [p["lr"] for p in r["per_lr"]]
@@ -33,8 +30,9 @@ def heatmaps(results: dict[str, dict[str, Any]]) -> Figure:
                 by_lambda.setdefault(0.0, p["baseline"]["final_val_loss"])
             for j, lam in enumerate(lams):
                 values[i, j] = by_lambda.get(lam, np.nan)
-        shown = np.where(np.isfinite(values), values, np.nan)
-        image = ax.imshow(shown, origin="lower", aspect="auto", cmap="viridis_r", norm=norm)
+        best = np.array([np.min(row[np.isfinite(row)]) for row in values])
+        image = ax.imshow(np.where(np.isfinite(values), values - best[:, None], np.nan), origin="lower",
+                          aspect="auto", cmap="viridis_r", norm=Normalize(0.0, 0.3))
         for i, p in enumerate(r["per_lr"]):
             for j in range(len(lams)):
                 if values[i, j] == math.inf:
@@ -42,12 +40,11 @@ def heatmaps(results: dict[str, dict[str, Any]]) -> Figure:
             if p["grid_argmin"] is not None:
                 ax.plot(lams.index(p["grid_argmin"]), i, "o", color="white", ms=7, mec="black")
         ax.set_xticks(range(len(lams)), ["0"] + [f"{v:.2g}" for v in r["lambdas"]], rotation=60, fontsize=7)
-        ax.set_yticks(range(len(lrs)), [f"{v:g}" for v in lrs])
+        ax.set_yticks(range(len(lrs)), [f"{v:g}\n({b:.2f})" for v, b in zip(lrs, best, strict=True)], fontsize=8)
         ax.set_xlabel("λ")
-        ax.set_ylabel("learning rate η")
+        ax.set_ylabel("learning rate η (row's best loss)")
         ax.set_title(r["label"], fontsize=9)
-    if image is not None:
-        fig.colorbar(image, ax=list(axes), label="final validation loss (nats/token)", shrink=0.9)
+        fig.colorbar(image, ax=ax, label="final val. loss − row's best", shrink=0.9)
     return fig
 
 
@@ -71,8 +68,9 @@ def slopes(results: dict[str, dict[str, Any]]) -> Figure:
         grid_x = np.linspace(min(math.log10(p["lr"]) for p in r["per_lr"]),
                              max(math.log10(p["lr"]) for p in r["per_lr"]), 20)
         if math.isfinite(fit["slope"]):
+            error = f" ± {fit['slope_se']:.2f}" if math.isfinite(fit["slope_se"]) else " (2 points, no SE)"
             ax.plot(10 ** grid_x, 10 ** (fit["intercept"] + fit["slope"] * grid_x), color="#1f77b4",
-                    label=f"fit: {fit['slope']:+.2f} ± {fit['slope_se']:.2f}")
+                    label=f"fit: {fit['slope']:+.2f}{error}")
         if r["prediction"] is not None and ys:
             centre = (float(np.mean(xs)), float(np.mean(ys)))
             ax.plot(10 ** grid_x, 10 ** (centre[1] + r["prediction"] * (grid_x - centre[0])), "k--",
