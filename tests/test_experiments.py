@@ -91,7 +91,7 @@ def test_lr_lambda_quick_and_resume(tmp_path: Path) -> None:
             assert all(a >= b - 1e-6 for a, b in zip(norms, norms[1:], strict=False)), (key, p["lr"], norms)
     # the paired test's per-sentence losses add up to decaylab's own corpus loss of the same model
     paired = out["paired_test"]
-    run = load_trained(Path(paired["system_a"]["run"]), "last", "cpu")
+    run = load_trained(tmp_path / "runs" / paired["system_a"]["run"], "last", "cpu")
     test = encode_split(run.config, run.tokenizer, load_splits(run.config.data).test)
     assert paired["examples"] == len(test) == 40
     assert paired["a"] == pytest.approx(corpus_loss(run.model, test, run.device), rel=1e-6)

@@ -70,7 +70,7 @@ def cells(exp: Experiment, settings: dict[str, Any], family: Family, lr: float) 
         found.append({"lambda": row["lambda"], "lr": lr, "status": row["status"], "final_val_loss": final,
                       "best_val_loss": row.get("best_val_loss"),
                       "decay_norm": float(history[-1]["decay_norm"]) if history else None,
-                      "run": str(store.run_dir(row["trial"]))})
+                      "run": str(store.run_dir(row["trial"]).relative_to(exp.runs))})  # under runs/
     return sorted(found, key=lambda c: c["lambda"])
 
 
@@ -131,14 +131,14 @@ def verdict(results: dict[str, dict[str, Any]]) -> str:
     return f"{word}: {yes} of {len(judged)} predicted slopes agree (within 2 SE or ±{TOLERANCE}); {shown}"
 
 
-def paired_test(results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def paired_test(exp: Experiment, results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """The best AdamW cell against the best Adam + L2 cell on the test split, paired per sentence."""
     if "adam_l2" not in results or not ({"adamw_lr", "adamw_schedule"} & results.keys()):
         return None
     adamw = min((results[k]["best_cell"] for k in ("adamw_lr", "adamw_schedule") if k in results),
                 key=lambda c: c["final_val_loss"])
     adam = results["adam_l2"]["best_cell"]
-    test = compare_runs(adamw["run"], adam["run"], "test", checkpoint="last")
+    test = compare_runs(exp.runs / adamw["run"], exp.runs / adam["run"], "test", checkpoint="last")
     return {"system_a": {"family": "AdamW", **{k: adamw[k] for k in ("lambda", "lr", "run")}},
             "system_b": {"family": "Adam + L2", **{k: adam[k] for k in ("lambda", "lr", "run")}}, **test.to_dict()}
 
@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return {}
     grid = {f.key: {lr: cells(exp, settings, f, lr) for lr in settings["lrs"][f.lrs]} for f in chosen}
     results = {f.key: family_result(exp, settings, f, grid) for f in chosen}
-    paired = paired_test(results)
+    paired = paired_test(exp, results)
     exp.save_figure(heatmaps(results), "heatmaps")
     exp.save_figure(slopes(results), "slopes")
     exp.write_results({**settings, "threads": torch.get_num_threads(), "tolerance": TOLERANCE,
