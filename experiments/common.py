@@ -1,0 +1,139 @@
+"""What every experiment shares: its command line, its folders, resumable sweeps, results.json and figures."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+import decaylab
+from decaylab.files import atomic_write_bytes, atomic_write_json
+from decaylab.report.plots import new_figure, to_png
+from decaylab.runfolder.layout import versions
+from decaylab.runfolder.lock import holder
+from decaylab.sweep.store import SweepStore
+
+HERE = Path(__file__).resolve().parent
+RESULTS = "results.json"
+# Options of decaylab.sweep that a resume may be given again: how the trials run, not what they are.
+RUNTIME_OPTIONS = ("objective", "vectorized", "replicas", "workers", "quiet")
+
+__all__ = ["Experiment", "new_figure", "start"]
+
+
+def machine() -> dict[str, Any]:
+    """Where the numbers were measured: host, CPU, cores, torch's threads, the load average now."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(), "load_average": list(os.getloadavg())}
+
+
+@dataclass
+class Experiment:
+    """One invocation of an experiment: where it writes, whether it is the quick variant, how long it has run."""
+
+    name: str
+    quick: bool
+    output: Path  # results.json and the figures
+    runs: Path  # the sweep folders (heavy; .gitignore keeps them out of git)
+    command: str
+    threads: int | None = None  # --threads: torch threads of this process and of its trainings (None: torch's)
+    args: argparse.Namespace | None = None  # every option, the experiment's own ones included
+    started: float = field(default_factory=time.perf_counter)
+    load_start: list[float] = field(default_factory=lambda: list(os.getloadavg()))
+    load_samples: list[float] = field(default_factory=list)
+    sweep_wall_s: dict[str, float] = field(default_factory=dict)
+
+    def sweep(self, key: str, **options: Any) -> dict[str, Any]:
+        """`decaylab.sweep(**options)` into runs/<key>/, resumable: a finished sweep is read back, an unfinished one
+        continues with decaylab's resume (finished trials are not redone), a missing one starts; one that another
+        process is training is waited for. The summary."""
+        folder = self.runs / key
+        while holder(folder) is not None:  # another process of this experiment trains it now: wait for it
+            time.sleep(5)
+        store = SweepStore(folder)
+        summary = store.summary() if store.is_sweep() else None
+        if summary is None:
+            self.load_samples.append(os.getloadavg()[0])
+            if store.is_sweep():
+                again = {k: v for k, v in options.items() if k in RUNTIME_OPTIONS}
+                decaylab.sweep(resume=folder, **again)
+            else:
+                decaylab.sweep(output=folder, **options)
+            summary = store.summary()
+            assert summary is not None
+        self.sweep_wall_s[key] = float(summary.get("wall_s") or 0.0)
+        return summary
+
+    def save_figure(self, figure: Figure, name: str) -> Path:
+        """The figure as output/<name>.png (atomically, in the report's style)."""
+        path = self.output / f"{name}.png"
+        atomic_write_bytes(path, to_png(figure))
+        return path
+
+    def write_results(self, settings: dict[str, Any], results: dict[str, Any], verdict: str) -> Path:
+        """output/results.json (atomic): the settings, the results, the verdict, versions, machine, wall time and
+        load. `sweeps_wall_s` sums the sweeps' own wall clocks, which count every invocation of a resumed sweep."""
+        load_end = list(os.getloadavg())
+        path = self.output / RESULTS
+        atomic_write_json(path, {
+            "experiment": self.name, "quick": self.quick, "command": self.command,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "wall_s": time.perf_counter() - self.started, "sweeps_wall_s": sum(self.sweep_wall_s.values()),
+            "load_average": {"start": self.load_start, "end": load_end,
+                             "at_sweep_starts": self.load_samples},
+            "machine": machine(), "versions": versions(), "settings": settings, "results": results,
+            "verdict": verdict})
+        return path
+
+
+def start(name: str, description: str, argv: Sequence[str] | None = None,
+          options: Callable[[argparse.ArgumentParser], None] | None = None) -> Experiment:
+    """Parse `--quick`, `--output DIR`, `--threads N` and the experiment's own `options`; the folders: DIR (default
+    experiments/<name>/results, or .../runs/quick for --quick) for results.json and figures, DIR/runs or
+    experiments/<name>/runs for the sweeps."""
+    parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=description)
+    parser.add_argument("--quick", action="store_true",
+                        help="a small version that keeps the pipeline working (its numbers are not the result)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder for results.json and figures (default experiments/NAME/results; sweeps go to "
+                             "experiments/NAME/runs, or to OUTPUT/runs when --output is given)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of this process (1 is fastest on a machine shared with other jobs)")
+    if options is not None:
+        options(parser)
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    folder = HERE / name
+    if args.output is not None:
+        output, runs = args.output, args.output / "runs"
+    elif args.quick:
+        output = runs = folder / "runs" / "quick"
+    else:
+        output, runs = folder / "results", folder / "runs"
+    output.mkdir(parents=True, exist_ok=True)
+    runs.mkdir(parents=True, exist_ok=True)
+    shown = list(argv) if argv is not None else sys.argv[1:]
+    command = shlex.join(["python", "-m", f"experiments.{name}", *map(str, shown)])
+    return Experiment(name, args.quick, output, runs, command, threads=args.threads, args=args)
