@@ -53,6 +53,8 @@ def _panel(ax: Any, curve: Curve, folds: int, legend: bool) -> None:
     marks.append(f"test-opt {_label(best.x)}")
     if (best.x > 0 or not log) and best.test_loss is not None:
         twin.plot([best.x], [best.test_loss], "*", ms=13, color="#2ca02c", label="test optimum")
+    for axis in (ax, twin):  # absolute losses on the ticks, not an offset (+5.12) in the corner
+        axis.ticklabel_format(axis="y", useOffset=False)
     ax.set_title(f"{curve.family}: " + ", ".join(marks), fontsize=8)
     ax.set_xlabel("dropout p" if not log else f"λ ({curve.family})")
     ax.set_ylabel("validation loss (nats/token)", color=CV, fontsize=8)
