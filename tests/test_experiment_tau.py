@@ -52,17 +52,23 @@ def test_minimum_and_ratios_on_synthetic_curves() -> None:
 def _sizes(best: tuple[float, float], spe: tuple[float, float]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     curves = [_curve(t, s) for t, s in zip(best, spe, strict=True)]
     mins = [minimum(c, "end") for c in curves]
-    sizes = [{"examples": n, "minimum": {"end": m}} for n, m in zip((100, 400), mins, strict=True)]
+    sizes = [{"label": f"N = {n}", "minimum": {"end": m}} for n, m in zip((100, 400), mins, strict=True)]
     ratio = {"tau": mins[1]["tau"] / mins[0]["tau"], "lambda": mins[1]["lambda"] / mins[0]["lambda"],
-             "steps_per_epoch": spe[1] / spe[0], "bootstrap": bootstrap_ratio(*curves, "end", 200, 0)}
+             "steps_per_epoch": spe[1] / spe[0], "bootstrap": bootstrap_ratio(*curves, "end", 50, 0)}
     return ratio, sizes
 
 
 def test_verdict_follows_its_thresholds() -> None:
-    assert verdict(*_sizes((3.0, 3.0), (10.0, 40.0))).startswith("reproduced:")
-    assert verdict(*_sizes((4.0, 1.0), (10.0, 40.0))).startswith("not reproduced:")  # λ stayed put
-    assert verdict(*_sizes((1.5, 4.5), (10.0, 40.0))).startswith("partly reproduced:")  # τ nearer, but ×3
-    assert verdict(*_sizes((3.0, 100.0), (10.0, 40.0))).startswith("not reproduced (inconclusive)")
+    def word(best: tuple[float, float], spe: tuple[float, float] = (10.0, 40.0)) -> str:
+        return verdict(*_sizes(best, spe), "4× the data").split(":")[0]
+
+    assert word((3.0, 3.0)) == "reproduced"
+    assert word((4.0, 1.0)) == "not reproduced"  # λ stayed put: τ fell with the 4× steps per epoch
+    assert word((1.5, 4.5)) == "partly reproduced"  # τ nearer put than λ, but ×3
+    assert word((3.0, 100.0)) == "not reproduced (inconclusive)"
+    # the other direction (h > 1: λ fixed would make τ grow, as with the width at ½ the lr)
+    assert word((3.0, 3.0), (40.0, 10.0)) == "reproduced"
+    assert word((1.0, 4.0), (40.0, 10.0)) == "not reproduced"
 
 
 def _mtimes(root: Path) -> dict[str, float]:
@@ -76,25 +82,29 @@ def test_quick_runs_derives_lambda_from_tau_and_resumes(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["quick"] and saved["settings"]["scale"] == "quick"
     assert saved["verdict"].split(":")[0].split(" (")[0] in ("reproduced", "partly reproduced", "not reproduced")
-    for name in ("tau_vs_lambda", "tau_vs_lambda_best_epoch"):
+    for name in ("tau_vs_lambda", "tau_vs_lambda_best_epoch", "tau_vs_lambda_width"):
         assert (tmp_path / f"{name}.png").stat().st_size > 20_000
     s = saved["settings"]
     small, large = results["sizes"]
     assert large["steps_per_epoch"] > 2.5 * small["steps_per_epoch"]  # 4× the documents: ~4× the steps
-    for size in results["sizes"]:
-        curve, best = size["curve"], size["minimum"]["end"]
+    for size in [*results["sizes"], results["wide"]]:
+        curve, best, lr = size["curve"], size["minimum"]["end"], size["lr"]
         assert curve["taus"] == s["taus"] and curve["seeds"] == list(range(s["seeds"]))
         # each trial's λ is decaylab's 1/(η·τ·steps per epoch) on its own training split
         for tau, lam in zip(curve["taus"], curve["lambdas"], strict=True):
-            assert lam == pytest.approx(1 / (s["lr"] * tau * size["steps_per_epoch"]), rel=1e-9)
-        assert best["tau"] * best["lambda"] == pytest.approx(1 / (s["lr"] * size["steps_per_epoch"]), rel=1e-9)
+            assert lam == pytest.approx(1 / (lr * tau * size["steps_per_epoch"]), rel=1e-9)
+        assert best["tau"] * best["lambda"] == pytest.approx(1 / (lr * size["steps_per_epoch"]), rel=1e-9)
         assert all(math.isfinite(v) for row in curve["loss"]["end"] for v in row)
-    ratio = results["ratios"]["end"]
+    ratio = results["ratios"]["data"]["end"]
     assert ratio["tau"] * ratio["lambda"] * ratio["steps_per_epoch"] == pytest.approx(1.0, rel=1e-9)
+    # the wide model trains on the same split and tokenizer at half the lr: λ fixed would double τ
+    width = results["ratios"]["width"]["end"]
+    assert width["steps_per_epoch"] == 1.0 and results["wide"]["d_model"] == 2 * s["d_model"]
+    assert width["tau"] * width["lambda"] == pytest.approx(s["lr"] / s["wide"]["lr"], rel=1e-9)
     # a killed run continues: the large size's sweep lost its summary; no trial is trained again, same answer
     sweep = tmp_path / "runs" / f"quick-n{s['sizes'][1]}"
     before = _mtimes(sweep / "trials")
     (sweep / "summary.json").unlink()
     again = main(["--quick", "--output", str(tmp_path)])
     assert _mtimes(sweep / "trials") == before
-    assert again["ratios"]["end"]["tau"] == ratio["tau"]
+    assert again["ratios"]["data"]["end"]["tau"] == ratio["tau"]

@@ -1,7 +1,7 @@
 """Wang & Aitchison (ICML 2025): the best τ_epoch = 1/(η·λ·steps per epoch) against the best λ when the training set
 grows 4× at a fixed number of epochs. One τ sweep (AdamW, decay × lr, grid × seeds, one vectorized stack) per
-training-set size, on nested subsets of shakespeare-plays with the same validation set. `--medium`: a smaller run
-for a busy machine."""
+training-set size, on nested subsets of shakespeare-plays with the same validation set; and one at the smaller size
+with the width doubled and the lr halved. `--medium`: a smaller run for a busy machine."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from experiments.common import start
+from experiments.common import Experiment, start
 from experiments.tau_transfer.curves import METRICS, bootstrap_ratio, minimum, per_seed_ratios, read_curves
 from experiments.tau_transfer.figures import draw
 
@@ -20,6 +20,10 @@ BASE: dict[str, Any] = {
     "vocab": 512, "d_model": 32, "heads": 2, "layers": 2, "ffn": 128, "optimizer": "adamw", "lr": 0.01,
     "betas": [0.9, 0.95], "schedule": "constant", "batch_tokens": 1024, "clip_norm": 1.0, "decay_set": "matrices",
     "decay_scaling": "lr", "bootstrap_draws": 2000,
+    # width ×2 (heads ×2, head size kept) at lr ÷2: at a fixed lr, width leaves η and the steps per epoch alone, so
+    # τ ∝ 1/λ with one constant and the question is empty; with η ∝ 1/width (μP for Adam's hidden matrices) τ
+    # transferring means λ* ×2, λ transferring means λ* ×1
+    "wide": {"d_model": 64, "heads": 4, "ffn": 256, "lr": 0.005},
     "threads": 1,  # one thread: on a shared 2-core machine two spinning OpenMP threads made a step 3× slower
 }
 SCALES: dict[str, dict[str, Any]] = {
@@ -27,14 +31,16 @@ SCALES: dict[str, dict[str, Any]] = {
     "medium": {**BASE, "sizes": [200, 800], "epochs": 10, "taus": [0.5 * 2 ** k for k in range(7)], "seeds": 2},
     "quick": {**BASE, "sizes": [30, 120], "epochs": 2, "taus": [0.5, 2.0, 8.0], "seeds": 2, "valid_examples": 40,
               "test_examples": 20, "eval_blocks": 20, "block_size": 32, "vocab": 300, "d_model": 16, "layers": 1,
-              "ffn": 32, "batch_tokens": 512, "bootstrap_draws": 200},
+              "ffn": 32, "batch_tokens": 512, "bootstrap_draws": 200,
+              "wide": {"d_model": 32, "heads": 4, "ffn": 64, "lr": 0.005}},
 }
 PRIMARY = "end"  # the val loss after the last epoch: the weights the timescale view speaks of (not early-stopped)
-# The verdict, fixed before the runs. τ transfers: τ*(4N)/τ*(N) ≈ 1; λ transfers: it ≈ spe(N)/spe(4N) ≈ 1/4.
-# Reproduced: the τ ratio within ×TAU_FACTOR of 1 and nearer (in log) to 1 than the λ ratio is, its bootstrap 16 %
-# quantile above the log-midpoint of the two hypotheses, both minima inside the grid and below λ = 0.
-# Partly: the τ ratio nearer 1 than the λ ratio, the rest not all met. Not reproduced: λ as near 1 as τ, or nearer;
-# or inconclusive: a minimum at the grid's edge or above λ = 0 (its ratio would be the grid's, not the data's).
+# The verdict, fixed before the runs, per change (4× data; 2× width at ½ lr). τ transfers: τ*(b)/τ*(a) ≈ 1; λ
+# transfers: it ≈ h = (η·steps per epoch of a)/(that of b), e.g. ≈ 1/4 for 4× the data. Reproduced: the τ ratio within
+# ×TAU_FACTOR of 1 and nearer (in log) to 1 than the λ ratio is, its bootstrap 16 % (84 % when h > 1) quantile on
+# τ's side of √h, both minima inside the grid and below λ = 0. Partly: the τ ratio nearer 1 than the λ ratio, the
+# rest not all met. Not reproduced: λ as near 1 as τ, or nearer; or inconclusive: a minimum at the grid's edge or
+# above λ = 0 (its ratio would be the grid's, not the data's).
 TAU_FACTOR = 2.0
 
 
@@ -54,26 +60,53 @@ def overrides(s: dict[str, Any], examples: int) -> list[str]:
             f"regularization.decay_scaling={s['decay_scaling']}"]
 
 
-def verdict(ratio: dict[str, Any], sizes: list[dict[str, Any]]) -> str:
-    """Reproduced / partly / not, with the numbers it rests on."""
-    r_tau, r_lam, spe = ratio["tau"], ratio["lambda"], ratio["steps_per_epoch"]
-    midpoint = 1 / math.sqrt(spe)  # τ ratio halfway in log between τ transfers (1) and λ transfers (1/spe)
+def verdict(ratio: dict[str, Any], sizes: list[dict[str, Any]], change: str) -> str:
+    """Reproduced / partly / not for one change (`change` says which, e.g. "4× the data"), with its numbers."""
+    r_tau, r_lam = ratio["tau"], ratio["lambda"]
+    # If λ transferred, τ would move by h = r_τ·r_λ (the η·steps-per-epoch ratio); the log-midpoint splits the two
+    h = r_tau * r_lam
+    midpoint = math.sqrt(h)
     tau_nearer = abs(math.log(r_tau)) < abs(math.log(r_lam))
-    low = ratio["bootstrap"]["tau_ratio"][1]
-    flaws = [f"N = {s['examples']}: minimum at the grid's edge" for s in sizes if s["minimum"][PRIMARY]["edge"]]
-    flaws += [f"N = {s['examples']}: λ = 0 better" for s in sizes if s["minimum"][PRIMARY]["zero_better"]]
-    if low <= midpoint:
-        flaws.append(f"bootstrap 16 % quantile of the τ ratio {low:.2f} ≤ {midpoint:.2f}")
+    # the bootstrap quantile on the side facing the λ hypothesis
+    side = ratio["bootstrap"]["tau_ratio"][1] if h < 1 else ratio["bootstrap"]["tau_ratio"][2]
+    flaws = [f"{s['label']}: minimum at the grid's edge" for s in sizes if s["minimum"][PRIMARY]["edge"]]
+    flaws += [f"{s['label']}: λ = 0 better" for s in sizes if s["minimum"][PRIMARY]["zero_better"]]
+    if (side <= midpoint) if h < 1 else (side >= midpoint):
+        flaws.append(f"bootstrap {'16' if h < 1 else '84'} % quantile of the τ ratio {side:.2f} is on λ's side "
+                     f"of {midpoint:.2f}")
     if abs(math.log(r_tau)) > math.log(TAU_FACTOR):
         flaws.append(f"τ ratio beyond ×{TAU_FACTOR:g} of 1")
     if any(s["minimum"][PRIMARY]["edge"] or s["minimum"][PRIMARY]["zero_better"] for s in sizes):
-        return (f"not reproduced (inconclusive): a minimum is not inside the τ grid, so its ratio says nothing "
-                f"({'; '.join(flaws)})")
+        return (f"not reproduced (inconclusive): at {change} a minimum is not inside the τ grid, so its ratio says "
+                f"nothing ({'; '.join(flaws)})")
     word = "not reproduced" if not tau_nearer else "reproduced" if not flaws else "partly reproduced"
-    return (f"{word}: at 4× the data ({spe:.2f}× the steps per epoch) the best τ_epoch moved ×{r_tau:.2f} and the "
-            f"best λ ×{r_lam:.3f} (val loss at the end of training, seed mean); "
+    return (f"{word}: at {change} the best τ_epoch moved ×{r_tau:.2f} and the best λ ×{r_lam:.3f} (λ fixed would "
+            f"move τ ×{h:.2f}; val loss at the end of training, seed mean); "
             f"{'τ' if tau_nearer else 'λ'} is the one that stays nearer put"
             + (f"; short of reproduced: {'; '.join(flaws)}" if flaws and tau_nearer else ""))
+
+
+def compare(a: dict[str, Any], b: dict[str, Any], draws: int) -> dict[str, dict[str, Any]]:
+    """Per metric: τ*(b)/τ*(a), λ*(b)/λ*(a), the steps-per-epoch ratio, their bootstrap and per-seed ratios."""
+    return {m: {"tau": b["minimum"][m]["tau"] / a["minimum"][m]["tau"],
+                "lambda": b["minimum"][m]["lambda"] / a["minimum"][m]["lambda"],
+                "steps_per_epoch": b["steps_per_epoch"] / a["steps_per_epoch"],
+                "bootstrap": bootstrap_ratio(a["curve"], b["curve"], m, draws, seed=0),
+                "per_seed": per_seed_ratios(a["curve"], b["curve"], m)} for m in METRICS}
+
+
+def one_sweep(exp: Experiment, s: dict[str, Any], scale: str, examples: int, label: str,
+              wide: bool = False) -> dict[str, Any]:
+    """One τ sweep (all τ × seeds in one vectorized stack), read back as curves and minima."""
+    key = f"{scale}-n{examples}" + ("-wide" if wide else "")  # the scale in the key: never another scale's sweep
+    cfg = {**s, **s["wide"]} if wide else s
+    summary = exp.sweep(key, overrides=overrides(cfg, examples), strategy="grid", taus=s["taus"], seeds=s["seeds"],
+                        modes="decoupled", vectorized=True, quiet=True)
+    curve = read_curves(exp.runs / key)
+    return {"label": label, "examples": examples, "d_model": cfg["d_model"], "lr": cfg["lr"],
+            "steps_per_epoch": summary["steps_per_epoch"], "curve": curve,
+            "minimum": {m: minimum(curve, m) for m in METRICS}, "chosen": summary["chosen"],
+            "sweep_wall_s": summary["wall_s"]}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -83,30 +116,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     exp.command = shlex.join(["python", "-m", "experiments.tau_transfer", *args])
     scale = "quick" if exp.quick else "medium" if "--medium" in args else "full"
     s = SCALES[scale]
-    sizes = []
-    for n in s["sizes"]:
-        key = f"{scale}-n{n}"  # the scale in the key: a resume never reads another scale's sweep back
-        summary = exp.sweep(key, overrides=overrides(s, n), strategy="grid", taus=s["taus"], seeds=s["seeds"],
-                            modes="decoupled", vectorized=True, quiet=True)
-        curve = read_curves(exp.runs / key)
-        sizes.append({"examples": n, "steps_per_epoch": summary["steps_per_epoch"], "curve": curve,
-                      "minimum": {m: minimum(curve, m) for m in METRICS}, "chosen": summary["chosen"],
-                      "sweep_wall_s": summary["wall_s"]})
-    small, large = sizes[0], sizes[-1]
-    ratios = {}
-    for m in METRICS:
-        a, b = small["minimum"][m], large["minimum"][m]
-        ratios[m] = {"tau": b["tau"] / a["tau"], "lambda": b["lambda"] / a["lambda"],
-                     "steps_per_epoch": large["steps_per_epoch"] / small["steps_per_epoch"],
-                     "bootstrap": bootstrap_ratio(small["curve"], large["curve"], m, s["bootstrap_draws"], seed=0),
-                     "per_seed": per_seed_ratios(small["curve"], large["curve"], m)}
-    results = {"scale": scale, "primary_metric": PRIMARY, "sizes": sizes, "ratios": ratios}
+    small, large = (one_sweep(exp, s, scale, n, f"N = {n}") for n in s["sizes"])
+    n = s["sizes"][0]
+    wide = one_sweep(exp, s, scale, n, f"N = {n}, d = {s['wide']['d_model']}, lr {s['wide']['lr']:g}", wide=True)
+    narrow = {**small, "label": f"N = {n}, d = {s['d_model']}, lr {s['lr']:g}"}
+    ratios = {"data": compare(small, large, s["bootstrap_draws"]), "width": compare(small, wide, s["bootstrap_draws"])}
+    results = {"scale": scale, "primary_metric": PRIMARY, "sizes": [small, large], "wide": wide, "ratios": ratios}
     title = (f"{s['data']}, decoder d={s['d_model']}×{s['layers']}, AdamW lr {s['lr']:g}, {s['epochs']} epochs, "
              f"{s['seeds']} seeds ({scale})")
-    exp.save_figure(draw(sizes, PRIMARY, title), "tau_vs_lambda")
-    exp.save_figure(draw(sizes, "best", title + ", best epoch"), "tau_vs_lambda_best_epoch")
-    exp.write_results({**s, "scale": scale, "primary_metric": PRIMARY, "tau_factor": TAU_FACTOR},
-                      results, verdict(ratios[PRIMARY], sizes))
+    exp.save_figure(draw([small, large], PRIMARY, title), "tau_vs_lambda")
+    exp.save_figure(draw([small, large], "best", title + ", best epoch"), "tau_vs_lambda_best_epoch")
+    exp.save_figure(draw([narrow, wide], PRIMARY, title + f", width ×2 at lr ÷2 (N = {n})"), "tau_vs_lambda_width")
+    text = (verdict(ratios["data"][PRIMARY], [small, large], "4× the data") + ". Width (secondary): "
+            + verdict(ratios["width"][PRIMARY], [narrow, wide], "2× the width with ½ the lr"))
+    exp.write_results({**s, "scale": scale, "primary_metric": PRIMARY, "tau_factor": TAU_FACTOR}, results, text)
     return results
 
 

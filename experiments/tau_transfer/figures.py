@@ -22,7 +22,7 @@ def draw(sizes: list[dict[str, Any]], metric: str, title: str) -> Figure:
         best = size["minimum"][metric]
         floor = min(best["mean"])
         shifted = [v - floor for v in best["mean"]]
-        label = f"N = {size['examples']} ({size['steps_per_epoch']:.1f} steps/epoch)"
+        label = f"{size['label']} ({size['steps_per_epoch']:.1f} steps/epoch)"
         for axis, xs, star in ((by_tau, size["curve"]["taus"], best["tau"]),
                                (by_lam, size["curve"]["lambdas"], best["lambda"])):
             axis.errorbar(xs, shifted, yerr=best["se"], fmt="o-", color=color, capsize=3, label=label)
