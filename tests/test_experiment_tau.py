@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from experiments.tau_transfer.__main__ import SCALES, overrides, verdict
-from experiments.tau_transfer.curves import bootstrap_ratio, minimum, per_seed_ratios
+from experiments.tau_transfer.curves import aligning_ratio, bootstrap_ratio, minimum, per_seed_ratios
 
 from decaylab.config import load_config
 from decaylab.data.splits import load_splits
@@ -47,6 +47,16 @@ def test_minimum_and_ratios_on_synthetic_curves() -> None:
     assert [r["seed"] for r in per_seed_ratios(small, large, "end")] == [0, 1, 2]
     edge = minimum(_curve(100.0, 10.0, zero=-5.0), "end")  # the minimum beyond the grid, and λ = 0 better
     assert edge["edge"] and edge["zero_better"] and edge["tau"] == 32.0
+
+
+def test_aligning_ratio_finds_the_shift_of_a_whole_curve() -> None:
+    small = _curve(3.0, 10.0)
+    large = {**small, "loss": {"end": [[v + 0.7 for v in row] for row in _curve(12.0, 40.0)["loss"]["end"]]}}
+    found = aligning_ratio(small, large, "end", h=4.0)  # the same U moved to 4× the τ and up by 0.7
+    assert found["ratio"] == pytest.approx(4.0) and found["rms"] < 0.05 < found["rms_tau"]
+    assert found["rms_lambda"] == found["rms"] and found["points"] == 5
+    same = aligning_ratio(small, small, "end", h=0.25)
+    assert same["ratio"] == 1.0 and same["rms_tau"] == 0.0 < same["rms_lambda"]
 
 
 def _sizes(best: tuple[float, float], spe: tuple[float, float]) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -1,10 +1,12 @@
 """Wang & Aitchison (ICML 2025): the best τ_epoch = 1/(η·λ·steps per epoch) against the best λ when the training set
 grows 4× at a fixed number of epochs. One τ sweep (AdamW, decay × lr, grid × seeds, one vectorized stack) per
 training-set size, on nested subsets of shakespeare-plays with the same validation set; and one at the smaller size
-with the width doubled and the lr halved. `--medium`: a smaller run for a busy machine."""
+with the width doubled and the lr halved. `--scale medium|long`: smaller runs for a busy machine (results into
+results/SCALE/)."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import shlex
 import sys
@@ -12,7 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from experiments.common import Experiment, start
-from experiments.tau_transfer.curves import METRICS, bootstrap_ratio, minimum, per_seed_ratios, read_curves
+from experiments.tau_transfer.curves import (
+    METRICS,
+    aligning_ratio,
+    bootstrap_ratio,
+    minimum,
+    per_seed_ratios,
+    read_curves,
+)
 from experiments.tau_transfer.figures import draw
 
 BASE: dict[str, Any] = {
@@ -28,7 +37,10 @@ BASE: dict[str, Any] = {
 }
 SCALES: dict[str, dict[str, Any]] = {
     "full": {**BASE, "sizes": [400, 1600], "epochs": 16, "taus": [0.25 * 2 ** k for k in range(9)], "seeds": 3},
-    "medium": {**BASE, "sizes": [200, 800], "epochs": 10, "taus": [0.5 * 2 ** k for k in range(7)], "seeds": 2},
+    # first try on the busy machine: 10 epochs are only 140 steps at N = 200; under-trained (docs/results.md)
+    "medium": {**BASE, "sizes": [200, 800], "epochs": 10, "taus": [0.5 * 2 ** k for k in range(7)], "seeds": 2,
+               "wide": None},
+    "long": {**BASE, "sizes": [100, 400], "epochs": 40, "taus": [0.5 * 2 ** k for k in range(8)], "seeds": 2},
     "quick": {**BASE, "sizes": [30, 120], "epochs": 2, "taus": [0.5, 2.0, 8.0], "seeds": 2, "valid_examples": 40,
               "test_examples": 20, "eval_blocks": 20, "block_size": 32, "vocab": 300, "d_model": 16, "layers": 1,
               "ffn": 32, "batch_tokens": 512, "bootstrap_draws": 200,
@@ -88,11 +100,14 @@ def verdict(ratio: dict[str, Any], sizes: list[dict[str, Any]], change: str) -> 
 
 def compare(a: dict[str, Any], b: dict[str, Any], draws: int) -> dict[str, dict[str, Any]]:
     """Per metric: τ*(b)/τ*(a), λ*(b)/λ*(a), the steps-per-epoch ratio, their bootstrap and per-seed ratios."""
+    h = a["lr"] * a["steps_per_epoch"] / (b["lr"] * b["steps_per_epoch"])  # τ's ratio if λ transferred
     return {m: {"tau": b["minimum"][m]["tau"] / a["minimum"][m]["tau"],
                 "lambda": b["minimum"][m]["lambda"] / a["minimum"][m]["lambda"],
                 "steps_per_epoch": b["steps_per_epoch"] / a["steps_per_epoch"],
                 "bootstrap": bootstrap_ratio(a["curve"], b["curve"], m, draws, seed=0),
-                "per_seed": per_seed_ratios(a["curve"], b["curve"], m)} for m in METRICS}
+                "per_seed": per_seed_ratios(a["curve"], b["curve"], m),
+                # descriptive, added after the medium run, not part of the verdict: whole curves, not minima
+                "aligning": aligning_ratio(a["curve"], b["curve"], m, h)} for m in METRICS}
 
 
 def one_sweep(exp: Experiment, s: dict[str, Any], scale: str, examples: int, label: str,
@@ -112,23 +127,35 @@ def one_sweep(exp: Experiment, s: dict[str, Any], scale: str, examples: int, lab
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run (or continue) the experiment; write results.json and the figures; return the results."""
     args = list(argv) if argv is not None else sys.argv[1:]
-    exp = start("tau_transfer", __doc__ or "", [a for a in args if a != "--medium"])
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--scale", choices=[k for k in SCALES if k != "quick"], default="full")
+    known, rest = parser.parse_known_args(args)
+    exp = start("tau_transfer", __doc__ or "", rest)
     exp.command = shlex.join(["python", "-m", "experiments.tau_transfer", *args])
-    scale = "quick" if exp.quick else "medium" if "--medium" in args else "full"
+    scale = "quick" if exp.quick else known.scale
+    if scale not in ("quick", "full") and "--output" not in rest:  # a smaller scale never overwrites the full run
+        exp.output = exp.output / scale
+        exp.output.mkdir(parents=True, exist_ok=True)
     s = SCALES[scale]
     small, large = (one_sweep(exp, s, scale, n, f"N = {n}") for n in s["sizes"])
-    n = s["sizes"][0]
-    wide = one_sweep(exp, s, scale, n, f"N = {n}, d = {s['wide']['d_model']}, lr {s['wide']['lr']:g}", wide=True)
-    narrow = {**small, "label": f"N = {n}, d = {s['d_model']}, lr {s['lr']:g}"}
-    ratios = {"data": compare(small, large, s["bootstrap_draws"]), "width": compare(small, wide, s["bootstrap_draws"])}
-    results = {"scale": scale, "primary_metric": PRIMARY, "sizes": [small, large], "wide": wide, "ratios": ratios}
+    draws, n = s["bootstrap_draws"], s["sizes"][0]
+    ratios = {"data": compare(small, large, draws)}
+    results: dict[str, Any] = {"scale": scale, "primary_metric": PRIMARY, "sizes": [small, large], "ratios": ratios}
     title = (f"{s['data']}, decoder d={s['d_model']}×{s['layers']}, AdamW lr {s['lr']:g}, {s['epochs']} epochs, "
              f"{s['seeds']} seeds ({scale})")
     exp.save_figure(draw([small, large], PRIMARY, title), "tau_vs_lambda")
     exp.save_figure(draw([small, large], "best", title + ", best epoch"), "tau_vs_lambda_best_epoch")
-    exp.save_figure(draw([narrow, wide], PRIMARY, title + f", width ×2 at lr ÷2 (N = {n})"), "tau_vs_lambda_width")
-    text = (verdict(ratios["data"][PRIMARY], [small, large], "4× the data") + ". Width (secondary): "
-            + verdict(ratios["width"][PRIMARY], [narrow, wide], "2× the width with ½ the lr"))
+    text = verdict(ratios["data"][PRIMARY], [small, large], "4× the data")
+    if s["wide"] is not None:
+        w = s["wide"]
+        wide = one_sweep(exp, s, scale, n, f"N = {n}, d = {w['d_model']}, lr {w['lr']:g}", wide=True)
+        narrow = {**small, "label": f"N = {n}, d = {s['d_model']}, lr {s['lr']:g}"}
+        ratios["width"] = compare(small, wide, draws)
+        results["wide"] = wide
+        exp.save_figure(draw([narrow, wide], PRIMARY, title + f", width ×2 at lr ÷2 (N = {n})"),
+                        "tau_vs_lambda_width")
+        text += ". Width (secondary): " + verdict(ratios["width"][PRIMARY], [narrow, wide],
+                                                  "2× the width with ½ the lr")
     exp.write_results({**s, "scale": scale, "primary_metric": PRIMARY, "tau_factor": TAU_FACTOR}, results, text)
     return results
 

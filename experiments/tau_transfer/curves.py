@@ -79,3 +79,27 @@ def per_seed_ratios(small: dict[str, Any], large: dict[str, Any], metric: str) -
         b = minimum(large, metric, [large["seeds"].index(seed)])
         out.append({"seed": seed, "tau_ratio": b["tau"] / a["tau"], "lambda_ratio": b["lambda"] / a["lambda"]})
     return out
+
+
+def aligning_ratio(a: dict[str, Any], b: dict[str, Any], metric: str, h: float, step: float = 0.125
+                   ) -> dict[str, Any]:
+    """Which τ ratio r between 1 (τ transfers) and h (λ transfers) lays b's whole seed-mean curve best onto a's: b
+    moved to τ/r (log-linear interpolation) with a free vertical offset (two sizes' losses differ in level), RMS
+    over the points of a that b covers under both hypotheses (one fixed set, so no r wins by dropping a point).
+    Every point counts, not just the minimum: descriptive, beside the verdict."""
+    xa, ya = np.log2(a["taus"]), np.asarray(a["loss"][metric]).mean(axis=0)
+    xb, yb = np.log2(b["taus"]), np.asarray(b["loss"][metric]).mean(axis=0)
+    lo, hi = sorted((0.0, math.log2(h)))
+    common = (xa >= xb[0] - lo - 1e-9) & (xa <= xb[-1] - hi + 1e-9)
+
+    def rms(log_r: float) -> float:
+        diff = ya[common] - np.interp(xa[common], xb - log_r, yb)
+        return float(np.sqrt(np.mean((diff - diff.mean()) ** 2)))
+
+    if common.sum() < 3:
+        return {"ratio": None, "points": int(common.sum())}
+    grid = np.linspace(0.0, math.log2(h), max(1, math.ceil(abs(math.log2(h)) / step)) + 1)  # both ends exact
+    errors = [rms(g) for g in grid]
+    i = int(np.argmin(errors))
+    return {"ratio": float(2 ** grid[i]), "rms": errors[i], "rms_tau": rms(0.0), "rms_lambda": rms(math.log2(h)),
+            "h": h, "points": int(common.sum()), "step_log2": step}
