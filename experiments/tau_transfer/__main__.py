@@ -146,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     exp.save_figure(draw([small, large], PRIMARY, title), "tau_vs_lambda")
     exp.save_figure(draw([small, large], "best", title + ", best epoch"), "tau_vs_lambda_best_epoch")
     text = verdict(ratios["data"][PRIMARY], [small, large], "4× the data")
+    settings = {**s, "scale": scale, "primary_metric": PRIMARY, "tau_factor": TAU_FACTOR}
+    exp.write_results(settings, results, text)  # the data comparison stands on its own while the width one runs
     if s["wide"] is not None:
         w = s["wide"]
         wide = one_sweep(exp, s, scale, n, f"N = {n}, d = {w['d_model']}, lr {w['lr']:g}", wide=True)
@@ -156,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         "tau_vs_lambda_width")
         text += ". Width (secondary): " + verdict(ratios["width"][PRIMARY], [narrow, wide],
                                                   "2× the width with ½ the lr")
-    exp.write_results({**s, "scale": scale, "primary_metric": PRIMARY, "tau_factor": TAU_FACTOR}, results, text)
+        exp.write_results(settings, results, text)
     return results
 
 
