@@ -36,10 +36,12 @@ BASE: dict[str, Any] = {
     "threads": 1,  # one thread: on a shared 2-core machine two spinning OpenMP threads made a step 3× slower
 }
 SCALES: dict[str, dict[str, Any]] = {
-    "full": {**BASE, "sizes": [400, 1600], "epochs": 16, "taus": [0.25 * 2 ** k for k in range(9)], "seeds": 3},
+    # the long run's regime (λ = 0 overfits at both sizes, the minima inside the grid) at 2× the data, 3 seeds
+    "full": {**BASE, "sizes": [200, 800], "epochs": 40, "taus": [0.25 * 2 ** k for k in range(9)], "seeds": 3},
     # first try on the busy machine: 10 epochs are only 140 steps at N = 200; under-trained (docs/results.md)
     "medium": {**BASE, "sizes": [200, 800], "epochs": 10, "taus": [0.5 * 2 ** k for k in range(7)], "seeds": 2,
                "wide": None},
+    # the busy machine's run (docs/results.md): 40 epochs, where λ = 0 overfits at both sizes
     "long": {**BASE, "sizes": [100, 400], "epochs": 40, "taus": [0.5 * 2 ** k for k in range(8)], "seeds": 2},
     "quick": {**BASE, "sizes": [30, 120], "epochs": 2, "taus": [0.5, 2.0, 8.0], "seeds": 2, "valid_examples": 40,
               "test_examples": 20, "eval_blocks": 20, "block_size": 32, "vocab": 300, "d_model": 16, "layers": 1,
