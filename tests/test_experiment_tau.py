@@ -16,6 +16,7 @@ from experiments.tau_transfer.curves import aligning_ratio, bootstrap_ratio, min
 
 from decaylab.config import load_config
 from decaylab.data.splits import load_splits
+from decaylab.errors import UserError
 
 
 def test_sizes_are_nested_subsets_with_one_validation_set() -> None:
@@ -86,7 +87,8 @@ def _mtimes(root: Path) -> dict[str, float]:
 
 
 def test_quick_runs_derives_lambda_from_tau_and_resumes(tmp_path: Path) -> None:
-    from experiments.tau_transfer.__main__ import main
+    from experiments.common import start
+    from experiments.tau_transfer.__main__ import main, one_sweep
 
     results = main(["--quick", "--output", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -118,3 +120,8 @@ def test_quick_runs_derives_lambda_from_tau_and_resumes(tmp_path: Path) -> None:
     again = main(["--quick", "--output", str(tmp_path)])
     assert _mtimes(sweep / "trials") == before
     assert again["ratios"]["data"]["end"]["tau"] == ratio["tau"]
+    # a changed setting is refused, not answered from the old sweep under the same key
+    exp = start("tau_transfer", "", ["--quick", "--output", str(tmp_path)])
+    for changed, what in (({**s, "seeds": 3}, "spec.seeds"), ({**s, "lr": 0.02}, "base.train.lr")):
+        with pytest.raises(UserError, match=what):
+            one_sweep(exp, changed, "quick", s["sizes"][1], "changed")

@@ -11,8 +11,12 @@ import math
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from decaylab.config import parse_override
+from decaylab.errors import UserError
+from decaylab.sweep.store import SweepStore
 from experiments.common import Experiment, start
 from experiments.tau_transfer.curves import (
     METRICS,
@@ -112,12 +116,32 @@ def compare(a: dict[str, Any], b: dict[str, Any], draws: int) -> dict[str, dict[
                 "aligning": aligning_ratio(a["curve"], b["curve"], m, h)} for m in METRICS}
 
 
+def check_recorded(folder: Path, options: list[str], taus: list[float], seeds: int) -> None:
+    """Refuse a sweep folder started with other settings: exp.sweep reads a sweep back (or resumes it) by its key
+    alone, so a changed setting would otherwise reuse the old trials silently."""
+    store = SweepStore(folder)
+    if not store.is_sweep():
+        return
+    record = store.read_record()
+    asked = {"spec.taus": taus, "spec.seeds": seeds} | dict(
+        (".".join(["base", *path]), value) for path, value in map(parse_override, options))
+    for name, value in asked.items():
+        recorded: Any = record
+        for part in name.split("."):
+            recorded = recorded[part]
+        if recorded != value:
+            raise UserError(f"{folder}: this sweep was run with {name}={recorded!r}, not {value!r}; remove the "
+                            "folder (or the whole runs/) to run it with the new settings")
+
+
 def one_sweep(exp: Experiment, s: dict[str, Any], scale: str, examples: int, label: str,
               wide: bool = False) -> dict[str, Any]:
     """One τ sweep (all τ × seeds in one vectorized stack), read back as curves and minima."""
     key = f"{scale}-n{examples}" + ("-wide" if wide else "")  # the scale in the key: never another scale's sweep
     cfg = {**s, **s["wide"]} if wide else s
-    summary = exp.sweep(key, overrides=overrides(cfg, examples), strategy="grid", taus=s["taus"], seeds=s["seeds"],
+    options = overrides(cfg, examples)
+    check_recorded(exp.runs / key, options, s["taus"], s["seeds"])
+    summary = exp.sweep(key, overrides=options, strategy="grid", taus=s["taus"], seeds=s["seeds"],
                         modes="decoupled", vectorized=True, quiet=True)
     curve = read_curves(exp.runs / key)
     return {"label": label, "examples": examples, "d_model": cfg["d_model"], "lr": cfg["lr"],
