@@ -158,11 +158,16 @@ def test_a_killed_worker_is_retried_and_the_result_is_unchanged(joined, local_gr
 
 
 def test_an_objective_by_name_and_optuna_run_on_ray(joined, tmp_path: Path) -> None:
-    args = {"lambdas": "0.1,1", "no_zero": True, "epochs": 2, "final": False}
+    args = {"lambdas": "0.1,1", "no_zero": True, "epochs": 2, "final": False}  # two trials
     local = sweep(objective="tests.objectives:char_lm", output=tmp_path / "l", **args)
     remote = sweep(objective="tests.objectives:char_lm", output=tmp_path / "r", backend="ray",
-                   address=joined.address, **args)
+                   address=joined.address, workers=1, **args)
     same_trials(tmp_path / "r", tmp_path / "l")
+    # --workers 1: one trial at a time (the second takes its folder only after the first wrote its last file)
+    first, second = (tmp_path / "r" / row["run"] for row in remote.trials)
+    from decaylab.runfolder.lock import LOCK_FILE
+
+    assert max(p.stat().st_mtime for p in first.rglob("*")) <= (second / LOCK_FILE).stat().st_mtime
     assert remote.best["lambda"] == local.best["lambda"]
     study = sweep(objective=char_lm, strategy="optuna", trials=3, lambdas="log:1e-3:3:2", epochs=2, final=False,
                   output=tmp_path / "o", backend="ray", address=joined.address, workers=2)
@@ -189,6 +194,14 @@ def test_an_unreachable_address_is_one_line_in_seconds(tmp_path: Path) -> None:
         sweep(tiny_config(), lambdas="1", output=tmp_path / "x", backend="ray", address=f"127.0.0.1:{free_port()}",
               final=False)
     assert time.monotonic() - started < 30
+
+
+def test_the_command_line_refuses_an_address_without_the_ray_backend(cli, tmp_path: Path) -> None:
+    result = cli("sweep", "--lambdas", "1", "--address", "127.0.0.1:6379", "-o", str(tmp_path / "x"))
+    assert result.code == 2 and "--address: names a Ray cluster to run the trials on; it goes with --backend ray" \
+        in result.err
+    result = cli("sweep", "--lambdas", "1", "--backend", "ray", "--workers", "0", "-o", str(tmp_path / "x"))
+    assert result.code == 2 and "--workers: must be at least 1" in result.err
 
 
 def test_without_ray_installed_the_error_says_how_to_install_it(monkeypatch, tmp_path: Path) -> None:
