@@ -7,6 +7,7 @@ Without Ray these tests skip, except under CI=true, where a missing Ray is a fai
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
@@ -27,11 +28,12 @@ VOLATILE = {"wall_s", "tokens_per_s"}
 CONFIG = ("train.epochs=4",)
 GRID = {"strategy": "grid", "lambdas": "1e-2,3", "modes": "coupled", "final": False}
 
-try:
-    import ray  # noqa: F401
-except ImportError as exc:
+# Looked up, not imported: Ray fixes its authentication mode when it is first imported, and this process must
+# import it only once `ray_auth` has set the test cluster's token.
+if importlib.util.find_spec("ray") is None:
     if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true requires the Ray tests: {exc}; `make test` installs decaylab[ray]", pytrace=False)
+        pytest.fail("CI=true requires the Ray tests, and Ray is not installed; `make test` installs decaylab[ray]",
+                    pytrace=False)
     pytest.skip("Ray is not installed (pip install decaylab[ray])", allow_module_level=True)
 
 
@@ -56,10 +58,25 @@ def same_trials(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def ray_auth():
+    """This process uses the test cluster's token (tests/ray_cluster.py, "Authentication") from its first Ray
+    connection on, for the rest of the module (Ray reads it once per process)."""
+    from tests.ray_cluster import auth_env
+
+    auth = auth_env()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+        patch.delenv("RAY_ADDRESS", raising=False)
+        for name, value in auth.items():
+            patch.setenv(name, value)
+        yield auth
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_auth):
     from tests.ray_cluster import start_cluster
 
-    started = start_cluster()
+    started = start_cluster(ray_auth)
     try:
         yield started
     finally:
@@ -88,16 +105,6 @@ def local_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_without_an_address_a_local_instance_is_started(tmp_path: Path) -> None:
-    import ray
-
-    result = sweep(objective="tests.objectives:char_lm", lambdas="1", no_zero=True, epochs=1, final=False,
-                   output=tmp_path / "s", backend="ray", workers=1)
-    assert [row["status"] for row in result.trials] == ["done"]
-    assert lock_pid(tmp_path / "s" / result.trials[0]["run"]) != os.getpid()
-    assert not ray.is_initialized()  # the instance it started is stopped again
-
-
 def test_a_grid_on_two_nodes_equals_the_local_backend(cluster, local_grid: Path, tmp_path: Path) -> None:
     out = tmp_path / "r"
     result = sweep(tiny_config(*CONFIG), output=out, backend="ray", address=cluster.address, **GRID)
@@ -109,6 +116,16 @@ def test_a_grid_on_two_nodes_equals_the_local_backend(cluster, local_grid: Path,
     import ray
 
     assert not ray.is_initialized()  # it connected by the address and left again (the cluster keeps running)
+
+
+def test_without_an_address_a_local_instance_is_started(ray_auth, tmp_path: Path) -> None:
+    import ray
+
+    result = sweep(objective="tests.objectives:char_lm", lambdas="1", no_zero=True, epochs=1, final=False,
+                   output=tmp_path / "s", backend="ray", workers=1)
+    assert [row["status"] for row in result.trials] == ["done"]
+    assert lock_pid(tmp_path / "s" / result.trials[0]["run"]) != os.getpid()
+    assert not ray.is_initialized()  # the instance it started is stopped again
 
 
 def test_the_cluster_has_two_nodes(joined) -> None:
@@ -157,21 +174,31 @@ def test_a_killed_worker_is_retried_and_the_result_is_unchanged(joined, local_gr
     assert stable(again.trials) == stable(read_jsonl(local_grid / "trials.jsonl"))
 
 
-def test_an_objective_by_name_and_optuna_run_on_ray(joined, tmp_path: Path) -> None:
-    args = {"lambdas": "0.1,1", "no_zero": True, "epochs": 2, "final": False}  # two trials
+def test_objective_cv_seeds_halving_and_optuna_run_on_ray(joined, tmp_path: Path) -> None:
+    # CV folds × seed repeats (4 jobs) of an objective imported by name
+    args = {"strategy": "cv", "folds": 2, "seeds": 2, "examples": 40, "lambdas": "1", "no_zero": True, "epochs": 2,
+            "final": False}
     local = sweep(objective="tests.objectives:char_lm", output=tmp_path / "l", **args)
     remote = sweep(objective="tests.objectives:char_lm", output=tmp_path / "r", backend="ray",
                    address=joined.address, workers=1, **args)
+    assert len(remote.trials) == 4
     same_trials(tmp_path / "r", tmp_path / "l")
-    # --workers 1: one trial at a time (the second takes its folder only after the first wrote its last file)
-    first, second = (tmp_path / "r" / row["run"] for row in remote.trials)
+    # --workers 1: one trial at a time (each takes its folder only after the one before wrote its last file)
     from decaylab.runfolder.lock import LOCK_FILE
 
-    assert max(p.stat().st_mtime for p in first.rglob("*")) <= (second / LOCK_FILE).stat().st_mtime
+    runs = [tmp_path / "r" / row["run"] for row in remote.trials]
+    for before, after in zip(runs, runs[1:], strict=False):
+        assert max(p.stat().st_mtime for p in before.rglob("*")) <= (after / LOCK_FILE).stat().st_mtime
     assert remote.best["lambda"] == local.best["lambda"]
-    study = sweep(objective=char_lm, strategy="optuna", trials=3, lambdas="log:1e-3:3:2", epochs=2, final=False,
+    # successive halving: one runner call per rung, survivors continued from their run folders
+    args = {"strategy": "halving", "lambdas": "0.1,1,3", "no_zero": True, "eta": 2, "epochs": 2, "final": False}
+    local = sweep(objective=char_lm, output=tmp_path / "hl", **args)
+    remote = sweep(objective=char_lm, output=tmp_path / "hr", backend="ray", address=joined.address, **args)
+    same_trials(tmp_path / "hr", tmp_path / "hl")
+    assert remote.summary["halving"]["rungs"] == local.summary["halving"]["rungs"]
+    study = sweep(objective=char_lm, strategy="optuna", trials=2, lambdas="log:1e-3:3:2", epochs=2, final=False,
                   output=tmp_path / "o", backend="ray", address=joined.address, workers=2)
-    assert len(study.trials) == 3 and study.summary["optuna"]["complete"] + study.summary["optuna"]["pruned"] == 3
+    assert len(study.trials) == 2 and study.summary["optuna"]["complete"] + study.summary["optuna"]["pruned"] == 2
     assert {lock_pid(tmp_path / "o" / row["run"]) for row in study.trials} - {os.getpid()}
 
 

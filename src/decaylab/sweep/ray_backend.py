@@ -92,7 +92,7 @@ class RayBackend:
                          log_to_driver=not self.quiet, logging_level=logging.WARNING)
             else:
                 ray.init(address=self.address, log_to_driver=not self.quiet, logging_level=logging.WARNING)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
+        except Exception as exc:  # no cluster, a refused token, a version mismatch: one line, and what it said
             where = self.address or "a local instance"
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise UserError(f"--address {where}: cannot connect to Ray ({reason})") from None
