@@ -58,11 +58,14 @@ def main() -> None:
             result = sweep(config, strategy="grid", lambdas=LAMBDAS, modes="decoupled", final=False, quiet=True,
                            output=out, backend="ray", workers=workers)
             seconds = time.perf_counter() - t0
-            results[str(workers)].append({"wall_s": seconds, "chosen_lambda": result.best["lambda"],
+            # compute_s: the trials' own training time summed; against wall it says how much ran at once
+            results[str(workers)].append({"wall_s": seconds, "compute_s": result.summary["compute_s"],
+                                          "chosen_lambda": result.best["lambda"],
                                           "rows": [{k: v for k, v in row.items() if k not in VOLATILE}
                                                    for row in result.trials], "warmup": rep == 0,
                                           "load_after": common.loadavg()})
-            print(f"workers {workers}, rep {rep}: {seconds:.1f} s, chose λ = {result.best['lambda']:g}, "
+            print(f"workers {workers}, rep {rep}: {seconds:.1f} s (trials' own {result.summary['compute_s']:.1f} s), "
+                  f"chose λ = {result.best['lambda']:g}, "
                   f"load {common.loadavg()}", flush=True)
             shutil.rmtree(out, ignore_errors=True)
             return seconds
@@ -88,6 +91,7 @@ def main() -> None:
         "goal": "2 workers faster than 1 (ratio > 1) on this 2-core machine, the same chosen λ and trial rows",
         "chosen_lambda": chosen, "same_rows_every_run": all(r == rows[0] for r in rows),
         "loads_after_each_sweep": {k: [r["load_after"] for r in results[k]] for k in results},
+        "trials_compute_s": {k: [round(r["compute_s"], 2) for r in results[k]] for k in results},
         "machine": common.machine_info(common.torch.device("cpu"), 1, load_before),
         "command": common.command_line(),
     }
