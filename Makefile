@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@# Keep a torch the user already installed (e.g. a CUDA build); otherwise take the pinned CPU wheel.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[dev,hf,postgres]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,hf,postgres,ray]"
 	@# timm (tests/test_decay_sets.py compares the `timm` decay set with its param_groups_weight_decay) without its
 	@# dependencies: it requires torchvision, whose PyPI wheels for this torch are CUDA builds that fail to import
 	@# beside the CPU torch, and a newer torchvision would replace torch. The test runs timm's own source file.

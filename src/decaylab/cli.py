@@ -601,7 +601,14 @@ def sweep(
     seeds: Annotated[int | None, typer.Option(help="grid, cv: train every point (and fold) with this many seeds "
                                               "(--seed, --seed+1, ...; the data order stays fixed) and report "
                                               "mean ± SE over them.")] = None,
-    workers: Annotated[int, typer.Option(help="Trials run in this many processes on this machine.")] = 1,
+    workers: Annotated[int | None, typer.Option(help="Trials run in this many processes on this machine (default: "
+                                                "1); with --backend ray, at most this many trials at once "
+                                                "(default: as many as the cluster's CPUs fit).")] = None,
+    backend: Annotated[str, typer.Option(help="local (this machine) or ray (Ray tasks across a cluster's nodes; "
+                                         "needs `pip install decaylab[ray]`).")] = "local",
+    address: Annotated[str | None, typer.Option(help="--backend ray: the cluster's HOST:PORT (as `ray start --head` "
+                                                "printed it) or auto (RAY_ADDRESS, or the cluster this machine "
+                                                "joined); left out, a local Ray instance is started.")] = None,
     vectorized: Annotated[bool, typer.Option("--vectorized", help="grid, cv, halving: train the points of each "
                                              "grid, fold or rung at once as one stacked model (fastest on a GPU; "
                                              "see docs/sweeps.md).")] = False,
@@ -652,7 +659,7 @@ def sweep(
               "rule": rule, "metric": metric, "trials": trials, "storage": storage, "study": study, "join": join,
               "workers": workers, "eta": eta, "min_epochs": min_epochs, "pruner": pruner,
               "no_zero": no_zero or None, "resume": resume, "final": not no_final, "quiet": quiet, "seeds": seeds,
-              "overwrite": overwrite, "heartbeat": heartbeat}
+              "overwrite": overwrite, "heartbeat": heartbeat, "backend": backend, "address": address}
     if objective is not None or (resume is not None and _objective_sweep(resume)):
         for flag, value in (("--config", config), ("--data", data), ("--preset", preset), ("--lr", lr),
                             ("--optimizer", optimizer), ("--max-examples", max_examples), ("--device", device),
@@ -697,7 +704,7 @@ def sweep(
                            study=study, join=join, workers=workers, eta=eta, min_epochs=min_epochs, pruner=pruner,
                            no_zero=no_zero or None, output=output, resume=resume, final=not no_final, quiet=quiet,
                            vectorized=vectorized, replicas=replicas, seeds=seeds, overwrite=overwrite, taus=taus,
-                           heartbeat=heartbeat)
+                           heartbeat=heartbeat, backend=backend, address=address)
     except KeyboardInterrupt:
         typer.echo(f"interrupted; continue with `decaylab sweep --resume {resume or output}`", err=True)
         raise SystemExit(130) from None

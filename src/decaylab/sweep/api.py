@@ -6,6 +6,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from decaylab.errors import UserError, WriteError
 from decaylab.regularization.rules import DECAY_MODES
 from decaylab.runfolder.lock import LOCK_FILE, FolderLock, check_free, folder_problem
 from decaylab.sweep.points import Point, check_points, grid_points, with_lambdas
+from decaylab.sweep.ray_backend import RayBackend, check_backend
 from decaylab.sweep.selection import build_table, choose, compute_seconds
 from decaylab.sweep.spec import SweepSpec, build_spec
 from decaylab.sweep.store import RECORD_VERSION, SweepClock, SweepStore, TrialBook
@@ -95,7 +97,8 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
           dropouts: str | Sequence[float] | None = None, folds: int | None = None, rule: str | None = None,
           metric: str | None = None, trials: int | None = None, storage: str | None = None,
           study: str | None = None, join: bool = False,
-          workers: int = 1, eta: int | None = None, min_epochs: int | None = None, pruner: str | None = None,
+          workers: int | None = None, backend: str = "local", address: str | None = None, eta: int | None = None,
+          min_epochs: int | None = None, pruner: str | None = None,
           no_zero: bool | None = None, output: str | Path | None = None, resume: str | Path | None = None,
           final: bool = True, quiet: bool = True, vectorized: bool = False, replicas: int | None = None,
           seeds: int | None = None, runner: TrialRunner = run_trials, overwrite: bool = False,
@@ -107,6 +110,11 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
 
     `taus` sweeps λ's EMA timescale τ in epochs instead of λ (`log:LO:HI:N` or a list; not with `lambdas`): each
     trial derives its λ from τ on the data it trains on, and the table shows both (docs/regularization.md).
+
+    `backend="ray"` runs the trials as Ray tasks on the cluster at `address` (`HOST:PORT`, `auto`, or None: a
+    local Ray instance started for this sweep; docs/scaling.md "Ray"); `workers` is then the most trials that run
+    at once (None: as many as the cluster's CPUs fit). With the local backend it is the number of processes on
+    this machine (None: 1).
 
     With `objective` (a function `fn(trial)`, or its name `module:function`) the trials call that function instead
     of decaylab's trainer (docs/python.md): `examples` (how many training examples the CV folds split), `epochs`
@@ -128,8 +136,14 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
     """
     started = time.perf_counter()
     say = _say_to_stderr(quiet)
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise UserError(f"--workers: must be at least 1 (got {workers})")
+    check_backend(backend, address)
+    if backend == "ray" and (vectorized or runner is not run_trials):
+        raise UserError(f"--backend ray: runs each trial as a Ray task; {'--vectorized' if vectorized else 'runner'} "
+                        "trains in this process (leave out one of them)")
+    ray = RayBackend(address, workers, quiet).check() if backend == "ray" else None
+    workers = workers or 1
     objective_args = {"examples": examples, "epochs": epochs, "seed": seed, "regularization": regularization,
                       "params": params}
     if objective is not None or (resume is not None and "objective" in SweepStore(Path(resume)).read_record()):
@@ -142,7 +156,7 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
                    "min_epochs": min_epochs, "pruner": pruner, "no_zero": no_zero, "seeds": seeds}
         return _objective_sweep(objective, options, objective_args, workers=workers, join=join, output=output,
                                 resume=resume, final=final, quiet=quiet, overwrite=overwrite, started=started,
-                                heartbeat=heartbeat)
+                                heartbeat=heartbeat, ray=ray)
     for name, value in objective_args.items():
         if value is not None:
             raise UserError(f"{name}: belongs to a sweep over an objective (objective=...); decaylab's own "
@@ -187,17 +201,24 @@ def sweep(config: Config | str | Path | None = None, *, overrides: Sequence[str]
     resuming = resume is not None
     try:
         if join:  # a worker of a running study owns only the trials it trains, not the sweep folder
-            return _run(spec, base, store, plan, workers, join, resuming, final, quiet, runner, started)
+            with _connected(ray):
+                return _run(spec, base, store, plan, workers, join, resuming, final, quiet, runner, started, ray)
         with FolderLock(store.root):
             if stored is None:  # again as the owner: another process may have started a sweep here since the check
                 _check_folder(store, plan.record, join, overwrite)
                 if overwrite:
                     store.clear()
-            return _run(spec, base, store, plan, workers, join, resuming, final, quiet, runner, started)
+            with _connected(ray):
+                return _run(spec, base, store, plan, workers, join, resuming, final, quiet, runner, started, ray)
     except WriteError as exc:  # a full disk, in a trial or the sweep's own files: how to go on is the sweep's
         go_on = (f"continue with `decaylab sweep --resume {store.root}`" if store.is_sweep()
                  else "start the sweep again")
         raise WriteError(exc.detail, f"{go_on} {exc.when}", exc.full) from exc.__cause__
+
+
+def _connected(ray: RayBackend | None) -> AbstractContextManager[Any]:
+    """The Ray connection for the sweep's lifetime (nothing for the local backend)."""
+    return ray if ray is not None else nullcontext()
 
 
 def _vectorized(spec: SweepSpec, base: Config, workers: int, replicas: int | None, quiet: bool) -> TrialRunner:
@@ -307,7 +328,7 @@ def _check_folder(store: SweepStore, record: dict[str, Any], join: bool, overwri
 
 
 def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers: int, join: bool, resuming: bool,
-         final: bool, quiet: bool, runner: TrialRunner, started: float) -> SweepResult:
+         final: bool, quiet: bool, runner: TrialRunner, started: float, ray: RayBackend | None = None) -> SweepResult:
     from decaylab.sweep.cv import run_cv
     from decaylab.sweep.final import run_final
     from decaylab.sweep.grid import run_grid
@@ -332,18 +353,19 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
                        plan.record["data_fingerprint"], plan.folds)
     book = TrialBook(store)
     extra: dict[str, Any] = {}
+    jobs_runner: TrialRunner = ray.runner if ray is not None else runner
     seeds = [base.seed + i for i in range(spec.seeds)] if spec.seeds else None
     if seeds:
         prepare_seed_inits(store.shared, base, shared.tokenizer, seeds)
     if spec.strategy == "grid":
-        rows = run_grid(ctx, plan.points, book, workers, say, runner, seeds)
+        rows = run_grid(ctx, plan.points, book, workers, say, jobs_runner, seeds)
         table_rows = rows
     elif spec.strategy == "cv":
-        rows = run_cv(ctx, plan.points, book, workers, say, runner, seeds)
+        rows = run_cv(ctx, plan.points, book, workers, say, jobs_runner, seeds)
         table_rows = rows
     elif spec.strategy == "halving":
         table_rows, extra["halving"] = run_halving(ctx, plan.points, book, workers, say, base.train.epochs,
-                                                   spec.eta, spec.metric, spec.min_epochs, runner)
+                                                   spec.eta, spec.metric, spec.min_epochs, jobs_runner)
         rows = book.all()
     else:
         settings = {"storage": plan.storage, "study": spec.study, "trials": spec.trials,
@@ -353,7 +375,8 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
                     "lo": (spec.tau_range if spec.taus is not None else spec.lambda_range)[0],
                     "hi": (spec.tau_range if spec.taus is not None else spec.lambda_range)[1],
                     "steps_per_epoch": per_epoch, "heartbeat": plan.heartbeat}
-        rows = run_optuna(ctx, settings, workers, say, leader=not join, resume=resuming, verbose=not quiet)
+        rows = run_optuna(ctx, settings, workers, say, leader=not join, resume=resuming, verbose=not quiet,
+                          backend=ray)
         store.write_rows(rows)
         table_rows = rows
         extra["optuna"] = {"storage": plan.storage, "study": settings["study"],
@@ -373,6 +396,7 @@ def _run(spec: SweepSpec, base: Config, store: SweepStore, plan: _Plan, workers:
                "compute_s": compute_s, "wall_s": clock.stop() if clock else time.perf_counter() - started,
                "trials": len(rows),
                "spec": spec.to_dict(), "engine": "vectorized" if runner is not run_trials else "sequential",
+               **({"backend": "ray"} if ray is not None else {}),
                **({"steps_per_epoch": per_epoch} if per_epoch is not None else {}), **extra}
     if not join:
         store.write_summary(summary)
@@ -393,7 +417,8 @@ def _reusable(spec: SweepSpec, rows: list[dict[str, Any]], point: Point, base: C
 
 def _objective_sweep(objective: Callable[..., Any] | str | None, options: dict[str, Any], args: dict[str, Any], *,
                      workers: int, join: bool, output: str | Path | None, resume: str | Path | None, final: bool,
-                     quiet: bool, overwrite: bool, started: float, heartbeat: int | None = None) -> SweepResult:
+                     quiet: bool, overwrite: bool, started: float, heartbeat: int | None = None,
+                     ray: RayBackend | None = None) -> SweepResult:
     """`sweep(objective=fn, ...)`: the same plan, folder, resume, selection and summary, with the user's function
     training each trial (sweep/objective.py)."""
     import pickle
@@ -471,7 +496,7 @@ def _objective_sweep(objective: Callable[..., Any] | str | None, options: dict[s
     points = objective_points(spec.lambdas, spec.modes, spec.dropouts) if spec.strategy != "optuna" else [
         Point(m, spec.lambda_range[0], None) for m in spec.modes]
     check_objective_points(points, settings["regularization"], spec.modes)
-    if workers > 1 and not isinstance(objective, str) and objective is not None:
+    if workers > 1 and ray is None and not isinstance(objective, str) and objective is not None:
         try:
             pickle.dumps(function)
         except (pickle.PicklingError, AttributeError, TypeError):
@@ -497,15 +522,17 @@ def _objective_sweep(objective: Callable[..., Any] | str | None, options: dict[s
                            params=settings["params"], regularization=settings["regularization"])
     try:
         if join:
-            return _run_objective(spec, ctx, store, record, points, workers, join, resume is not None, final, quiet,
-                                  started, beat)
+            with _connected(ray):
+                return _run_objective(spec, ctx, store, record, points, workers, join, resume is not None, final,
+                                      quiet, started, beat, ray)
         with FolderLock(store.root):
             if stored is None:
                 _check_folder(store, record, join, overwrite)
                 if overwrite:
                     store.clear()
-            return _run_objective(spec, ctx, store, record, points, workers, join, resume is not None, final, quiet,
-                                  started, beat)
+            with _connected(ray):
+                return _run_objective(spec, ctx, store, record, points, workers, join, resume is not None, final,
+                                      quiet, started, beat, ray)
     except WriteError as exc:
         go_on = (f"continue with `decaylab sweep --resume {store.root}`" if store.is_sweep()
                  else "start the sweep again")
@@ -514,7 +541,7 @@ def _objective_sweep(objective: Callable[..., Any] | str | None, options: dict[s
 
 def _run_objective(spec: SweepSpec, ctx: Any, store: SweepStore, record: dict[str, Any], points: list[Point],
                    workers: int, join: bool, resuming: bool, final: bool, quiet: bool,
-                   started: float, heartbeat: int | None = None) -> SweepResult:
+                   started: float, heartbeat: int | None = None, ray: RayBackend | None = None) -> SweepResult:
     from decaylab.sweep.cv import run_cv
     from decaylab.sweep.grid import run_grid
     from decaylab.sweep.halving import run_halving
@@ -530,13 +557,14 @@ def _run_objective(spec: SweepSpec, ctx: Any, store: SweepStore, record: dict[st
     book = TrialBook(store)
     extra: dict[str, Any] = {}
     seeds = [ctx.seed + i for i in range(spec.seeds)] if spec.seeds else None
+    runner: TrialRunner = ray.runner if ray is not None else run_trials
     if spec.strategy == "grid":
-        rows = table_rows = run_grid(ctx, points, book, workers, say, run_trials, seeds)
+        rows = table_rows = run_grid(ctx, points, book, workers, say, runner, seeds)
     elif spec.strategy == "cv":
-        rows = table_rows = run_cv(ctx, points, book, workers, say, run_trials, seeds)
+        rows = table_rows = run_cv(ctx, points, book, workers, say, runner, seeds)
     elif spec.strategy == "halving":
         table_rows, extra["halving"] = run_halving(ctx, points, book, workers, say, ctx.epochs, spec.eta,
-                                                   spec.metric, spec.min_epochs, run_trials)
+                                                   spec.metric, spec.min_epochs, runner)
         rows = book.all()
     else:
         settings = {"storage": storage_url(spec.storage, store.root), "study": spec.study, "trials": spec.trials,
@@ -544,7 +572,7 @@ def _run_objective(spec: SweepSpec, ctx: Any, store: SweepStore, record: dict[st
                     "zero": spec.zero, "modes": spec.modes, "dropouts": spec.dropouts, "base_dropout": None,
                     "lo": spec.lambda_range[0], "hi": spec.lambda_range[1], "heartbeat": heartbeat}
         rows = table_rows = run_optuna(ctx, settings, workers, say, leader=not join, resume=resuming,
-                                       verbose=not quiet)
+                                       verbose=not quiet, backend=ray)
         store.write_rows(rows)
         extra["optuna"] = {"storage": settings["storage"], "study": settings["study"],
                            "complete": sum(r["status"] == "done" for r in rows),
@@ -561,7 +589,8 @@ def _run_objective(spec: SweepSpec, ctx: Any, store: SweepStore, record: dict[st
     summary = {"strategy": spec.strategy, "objective": ctx.name, "chosen": chosen, "table": table,
                "final": final_info, "compute_s": compute_s,
                "wall_s": clock.stop() if clock else time.perf_counter() - started, "trials": len(rows),
-               "spec": spec.to_dict(), "engine": "objective", **extra}
+               "spec": spec.to_dict(), "engine": "objective", **({"backend": "ray"} if ray is not None else {}),
+               **extra}
     if not join:
         store.write_summary(summary)
     return SweepResult(store.root, table, {**chosen_row, **chosen}, final_info, rows, summary)

@@ -304,8 +304,10 @@ def _alive(pid: Any) -> bool:
 
 
 def run_optuna(ctx: TrialContext, settings: dict[str, Any], workers: int, say, leader: bool,
-               resume: bool, verbose: bool = False) -> list[dict[str, Any]]:
-    """Run this process's workers on the shared study; the leader then waits for trials of other processes."""
+               resume: bool, verbose: bool = False, backend: Any = None) -> list[dict[str, Any]]:
+    """Run this process's workers on the shared study; the leader then waits for trials of other processes.
+
+    `backend` (a sweep/ray_backend.RayBackend) runs the workers as Ray tasks instead of processes of this machine."""
     from optuna.trial import TrialState
 
     _quiet_optuna()
@@ -313,7 +315,9 @@ def run_optuna(ctx: TrialContext, settings: dict[str, Any], workers: int, say, l
     if leader and resume:
         recover_lost_trials(study, say)
     settings = {**settings, "verbose": verbose}
-    if workers <= 1:
+    if backend is not None:
+        backend.optuna(ctx, settings, workers)
+    elif workers <= 1:
         optuna_worker(ctx, settings, 0)
     else:
         threads = threads_per_worker(workers, ctx.threads)

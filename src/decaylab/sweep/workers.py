@@ -7,6 +7,7 @@ strategies changing. A replacement must, per job: train `trial_config(ctx.base_c
 from the shared tokenizer and initial weights (`shared.load_shared`), on the job's fold if any, stopping at
 `job.budget` epochs if set; write the normal run folder `SweepStore(ctx.root).run_dir(job.key)` (so a resume or
 a halving rung can continue it); and return `trial.trial_row(...)`, calling `on_result` as each job finishes.
+`sweep/ray_backend.RayBackend.runner` is such a replacement that runs each job as a Ray task on a cluster.
 """
 
 from __future__ import annotations
