@@ -20,6 +20,8 @@ from decaylab.report.collect import load_run
 from decaylab.report.samples import prompt_pairs
 from decaylab.runfolder.load import load_trained
 
+SAMPLE_TEMPERATURE = 0.8  # a language model's continuations: sampled at this temperature
+
 
 def describe_model(config: Config) -> str:
     """The architecture and its sizes in a few words."""
@@ -79,7 +81,10 @@ def text_evidence(run: Path, splits: Splits, base: Config) -> dict[str, Any]:
         bpc = evaluate_run(run, "valid")["bits_per_character"]
         prompts = prompt_pairs(splits.valid, 3)
         context = base.model.max_positions if base.model.positions == "learned" else None
+        # Sampled, not greedy: a tiny LM's greedy continuation is one word repeated, whatever its loss. The same
+        # seed for both runs, so they draw the same random numbers.
         whole = continue_prompts(trained.model, trained.tokenizer, [p for p, _ in prompts], max_new_tokens=40,
+                                 method="sample", temperature=SAMPLE_TEMPERATURE, seed=base.seed,
                                  max_context=context)
         return {**evidence, "bpc": bpc, "hyps": [w[len(p):].strip() for (p, _), w in zip(prompts, whole, strict=True)],
                 "sample": [Pair(p, r) for p, r in prompts]}
@@ -107,7 +112,8 @@ def print_runs(console: Console, runs: list[dict[str, Any]], seed: int) -> None:
                       f"{final['gap']:+.4f}")
     console.print(table)
     if language_model:
-        console.print("bpc: bits per character of the whole validation split (comparable across tokenizers)")
+        console.print("bpc: bits per character of the whole validation split (comparable across tokenizers); "
+                      f"the continuations below are sampled (temperature {SAMPLE_TEMPERATURE:g}, seed {seed})")
     else:
         console.print(f"BLEU/chrF: greedy, best checkpoint, first {runs[0]['bleu_pairs']} validation pairs; "
                       f"{runs[0]['signature']}")
