@@ -557,7 +557,7 @@ def demo(
     seeds: Annotated[int | None, typer.Option(help="Seeds per λ (default: 5).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a demo already in --output.")] = False,
 ) -> None:
-    """Train λ = 0 and λ > 0 with several seeds and print the paired comparison (about 6 minutes on 2 CPU cores)."""
+    """Train λ = 0 and λ > 0 with several seeds and print the paired comparison (about 7 minutes on 2 CPU cores)."""
     from decaylab.demo import DEMO_CONFIG, DEMO_SEEDS, run_demo
 
     run_demo(output, list(sets or []), quiet=quiet, config=config or DEMO_CONFIG, seeds=seeds or DEMO_SEEDS,

@@ -18,7 +18,7 @@ from decaylab.sweep.api import sweep
 from decaylab.ui import console as make_console
 
 CONFIGS = Path(str(resources.files("decaylab") / "configs"))
-DEMO_CONFIG = CONFIGS / "demo_lm.yaml"  # the default story: a small decoder LM that overfits 400 speeches
+DEMO_CONFIG = CONFIGS / "demo_lm.yaml"  # the default story: a small decoder LM that overfits 200 speeches
 DEMO_SEEDS = 5  # seeds 0–4
 EXPLORATION_SEEDS = "100–103"  # the seeds of the sweep that fixed λ in configs/demo_lm.yaml
 
