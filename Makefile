@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/decaylab demo --output runs/demo
+	$(BIN)/decaylab demo --output runs/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

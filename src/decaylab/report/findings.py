@@ -63,21 +63,26 @@ class Verdict:
     warning: str = ""
 
 
-def paired_difference(sweep: SweepData, a: Point, b: Point) -> tuple[float | None, float | None, int, int]:
-    """Mean ± SE of (a − b) on the selection metric over the (fold, seed) pairs both finished, and in how many of
-    them a is better."""
-    name = sweep.metric_field
+def paired_rows(a: list[dict], b: list[dict], name: str, higher_is_better: bool = False
+                ) -> tuple[float | None, float | None, int, int]:
+    """Mean ± SE of (a − b) on the field `name` over the (fold, seed) pairs both finished, and in how many of them
+    a is better."""
 
     def pair(row: dict) -> tuple:
         return row.get("fold"), row.get("seed")
 
-    by_pair = {pair(r): r.get(name) for r in b.rows if r.get("status") == "done" and finite(r.get(name))}
-    diffs = [float(r[name]) - float(by_pair[pair(r)]) for r in a.rows
+    by_pair = {pair(r): r.get(name) for r in b if r.get("status") == "done" and finite(r.get(name))}
+    diffs = [float(r[name]) - float(by_pair[pair(r)]) for r in a
              if r.get("status") == "done" and finite(r.get(name)) and pair(r) in by_pair]
-    sign = -1.0 if sweep.metric in HIGHER_IS_BETTER else 1.0
+    sign = -1.0 if higher_is_better else 1.0
     wins = sum(1 for d in diffs if sign * d < 0)
     mean, se = mean_se(diffs)
     return mean, se, wins, len(diffs)
+
+
+def paired_difference(sweep: SweepData, a: Point, b: Point) -> tuple[float | None, float | None, int, int]:
+    """`paired_rows` of two points of a sweep on its selection metric."""
+    return paired_rows(a.rows, b.rows, sweep.metric_field, sweep.metric in HIGHER_IS_BETTER)
 
 
 def compared_points(sweep: SweepData) -> tuple[Point | None, Point | None]:
