@@ -70,6 +70,7 @@ class Experiment:
         while holder(folder) is not None:  # another process of this experiment trains it now: wait for it
             time.sleep(5)
         store = SweepStore(folder)
+        check_options(folder, options, fresh=not store.is_sweep())
         summary = store.summary() if store.is_sweep() else None
         if summary is None:
             self.load_samples.append(os.getloadavg()[0])
@@ -103,6 +104,33 @@ class Experiment:
             "machine": machine(), "versions": versions(), "settings": settings, "results": results,
             "verdict": verdict})
         return path
+
+
+def _plain(value: Any) -> Any:
+    """A JSON form of a sweep option that is the same in every process (a function by its name, a config by its
+    fields), so two invocations can be compared."""
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return str(value)
+
+
+def check_options(folder: Path, options: dict[str, Any], fresh: bool) -> None:
+    """Record a new sweep's options in its folder; refuse (SystemExit naming the folder and the keys) to read back or
+    resume a sweep whose recorded options differ, since its results would silently be those of other settings."""
+    import json
+
+    path = folder.with_name(folder.name + ".options.json")  # beside the sweep folder, which decaylab owns
+    given = json.loads(json.dumps(options, default=_plain, sort_keys=True))
+    if fresh or not path.exists():
+        atomic_write_json(path, given)
+        return
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    changed = sorted(k for k in set(recorded) | set(given) if recorded.get(k) != given.get(k))
+    if changed:
+        raise SystemExit(f"{folder}: this sweep was started with other settings ({', '.join(changed)} differ); "
+                         f"delete the folder to train it with the new ones")
 
 
 def start(name: str, description: str, argv: Sequence[str] | None = None,

@@ -61,6 +61,12 @@ def test_ground_truth_quick_and_resume(tmp_path: Path) -> None:
     again = main(["--quick", "--output", str(tmp_path)])
     assert _mtimes(sweep / "trials") == before
     assert again["teachers"][1]["chosen"] == results["teachers"][1]["chosen"]
+    # a sweep started with other settings is refused by name, not read back as if it were this one's
+    recorded = sweep.with_name("teacher1.options.json")
+    options = json.loads(recorded.read_text())
+    recorded.write_text(json.dumps({**options, "folds": 7}))
+    with pytest.raises(SystemExit, match=r"teacher1: this sweep was started with other settings \(folds differ\)"):
+        main(["--quick", "--output", str(tmp_path)])
 
 
 def test_lr_lambda_quick_and_resume(tmp_path: Path) -> None:
