@@ -126,7 +126,8 @@ def sweep_page(sweep: collect.SweepData, figures: Figures, n_samples: int) -> di
     test = final_info.get("test") if isinstance(final_info.get("test"), dict) else None
     if test is None and final is not None:
         test = findings.evaluations(final).get("test")
-    chrf = list(zip(samples.labels, samples.corpus_chrf, strict=True))
+    # a continuation's chrF against the text that really followed says little about a language model: no such fact
+    chrf = [] if samples.language_model else list(zip(samples.labels, samples.corpus_chrf, strict=True))
     extra = {SUMMARY_LABELS.get(k, k): v for k, v in summary.items()
              if k not in ("chosen", "table", "final", "strategy", "spec")}
     return {
