@@ -28,7 +28,7 @@ from decaylab.training.stacked import StackedTrainer
 from tests.conftest import tiny_config
 from tests.test_decoder import lm_config, lm_flags
 from tests.test_sweep import CLI, stable, tiny_flags
-from tests.test_vectorized import assert_same_trajectory, run_both, variant
+from tests.test_vectorized import assert_engines_agree, assert_same_trajectory, run_both, variant
 
 ARCHS = ("transformer", "decoder")
 VARIANTS = list(itertools.product(ARCHS, ["learned", "rotary"], ["layernorm", "rmsnorm"], [True, False],
@@ -231,16 +231,7 @@ def test_vectorized_cv_and_halving_match_the_sequential_engine(arch: str, strate
     common = {"strategy": strategy, "lambdas": "1e-3,0.3,3", "modes": "decoupled", "final": False, **options}
     sequential = sweep(cfg, output=tmp_path / "seq", **common)
     vectorized = sweep(cfg, output=tmp_path / "vec", vectorized=True, **common)
-
-    def key(row: dict) -> tuple:
-        return row["trial"], row["fold"], row["rung"]
-
-    assert sorted(map(key, vectorized.trials)) == sorted(map(key, sequential.trials))
-    by_key = {key(r): r for r in sequential.trials}
-    for row in vectorized.trials:
-        assert row["best_val_loss"] == pytest.approx(by_key[key(row)]["best_val_loss"], rel=1e-5)
-        assert row["epochs"] == by_key[key(row)]["epochs"]
-    assert vectorized.best["lambda"] == sequential.best["lambda"]
+    assert_engines_agree(vectorized, sequential, rel=1e-5)
 
 
 def test_an_architecture_without_a_stacked_form_is_refused_by_name(monkeypatch: pytest.MonkeyPatch,

@@ -102,13 +102,13 @@ def _feeding(start: Any, seen: set[Any]) -> list[torch.Tensor]:
         if node is None or node in seen:
             continue
         seen.add(node)
-        inputs = [n for n, _ in node.next_functions if n is not None]
-        params = [p for p in map(_parameter_of, inputs) if p is not None]
         if hasattr(node, "variable"):  # the norm's input is itself a parameter
             out.append(node.variable)
             continue
+        inputs = [(n, _parameter_of(n)) for n, _ in node.next_functions if n is not None]
+        params = [p for _, p in inputs if p is not None]
         out.extend(params)
         if params and not _kind(node).startswith(_ADDITIONS):
             continue  # a matmul, a lookup or a gain: the parameters feed the norm; what they act on does not
-        stack.extend(n for n in inputs if _parameter_of(n) is None)
+        stack.extend(n for n, p in inputs if p is None)
     return out
