@@ -24,8 +24,9 @@ from decaylab.sweep.store import SweepStore
 
 HERE = Path(__file__).resolve().parent
 RESULTS = "results.json"
-# Options of decaylab.sweep that a resume may be given again: how the trials run, not what they are.
-RUNTIME_OPTIONS = ("objective", "vectorized", "replicas", "workers", "quiet")
+# Options of decaylab.sweep that a resume is given again: how the trials run and whether a final model follows,
+# not what the trials are.
+RUNTIME_OPTIONS = ("objective", "vectorized", "replicas", "workers", "quiet", "final")
 
 __all__ = ["Experiment", "new_figure", "start"]
 

@@ -79,5 +79,7 @@ def test_ucurve_quick_and_resume(tmp_path: Path) -> None:
     (sweep / "summary.json").unlink()
     again = main(["--quick", "--output", str(tmp_path)])
     assert _mtimes(sweep / "trials") == before
+    # and it resumes as it started, without a final model (final=False is handed to the resume too)
+    assert json.loads((sweep / "summary.json").read_text())["final"] is None
     kjv = "bible-kjv-web"
     assert again["datasets"][kjv]["families"]["l1"] == results["datasets"][kjv]["families"]["l1"]

@@ -83,20 +83,34 @@ def test_lr_lambda_quick_and_resume(tmp_path: Path) -> None:
     for name in ("heatmaps", "slopes"):
         assert (tmp_path / f"{name}.png").stat().st_size > 20_000
     families = out["families"]
-    assert set(families) == {"adam_l2", "adamw_lr", "sgdw_schedule"}
+    assert set(families) == {"adam_l2", "adamw_lr", "adamw_schedule", "sgdw_schedule"}
     for key, family in families.items():
         assert [p["lr"] for p in family["per_lr"]] == saved["settings"]["lrs"][family["optimizer"]]
         for p in family["per_lr"]:
             lams = [c["lambda"] for c in p["cells"]]
-            own_zero = key != "adamw_lr"  # adam_l2 shares its λ = 0; sgd_l2, sgdw_schedule's sibling, is not in --quick
-            assert lams == ([0.0] if own_zero else []) + family["lambdas"]
-            assert all(math.isfinite(c["final_val_loss"]) for c in p["cells"])
+            own_zero = key in ("adam_l2", "sgdw_schedule")  # sgdw's sibling sgd_l2 is not in --quick
+            trained = families[family["view_of"] or key]
+            expected = [lam * p["lr"] for lam in saved["settings"]["families"]["adamw_lr"]["lambdas"]] \
+                if family["view_of"] else trained["lambdas"]
+            assert lams == pytest.approx(([0.0] if own_zero else []) + expected, rel=1e-5)
+            assert all(math.isfinite(c["final_val_loss"]) and len(c["final_per_seed"]) == 2 for c in p["cells"])
+            assert all(c["final_val_loss"] == pytest.approx(sum(c["final_per_seed"]) / 2) for c in p["cells"])
             assert p["baseline"] is not None and p["baseline"]["lambda"] == 0  # its own, or its sibling's
+            assert len(p["per_seed"]) == 2
             # the decay acted, as its rule says: more λ, smaller decayed weights at the end
             norms = [c["decay_norm"] for c in p["cells"]]
             assert all(a >= b - 1e-6 for a, b in zip(norms, norms[1:], strict=False)), (key, p["lr"], norms)
+        assert len(family["fit_per_seed"]) == 2
+    # AdamW × schedule is AdamW × η's runs read with λ·η: the same folders and losses, the slope moved by exactly 1
+    view, source = families["adamw_schedule"], families["adamw_lr"]
+    for p, q in zip(view["per_lr"], source["per_lr"], strict=True):
+        assert [c["run"] for c in p["cells"]] == [c["run"] for c in q["cells"]]
+        assert [c["final_val_loss"] for c in p["cells"]] == [c["final_val_loss"] for c in q["cells"]]
+    if math.isfinite(source["fit"]["slope"]):
+        assert view["fit"]["slope"] == pytest.approx(source["fit"]["slope"] + 1)
     # the paired test's per-sentence losses add up to decaylab's own corpus loss of the same model
-    paired = out["paired_test"]
+    assert [p["training_seed"] for p in out["paired_test"]] == [0, 1]
+    paired = out["paired_test"][0]
     run = load_trained(tmp_path / "runs" / paired["system_a"]["run"], "last", "cpu")
     test = encode_split(run.config, run.tokenizer, load_splits(run.config.data).test)
     assert paired["examples"] == len(test) == 40

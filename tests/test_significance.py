@@ -53,7 +53,12 @@ def test_bleu_goes_through_sacrebleu_and_restores_its_seed(monkeypatch: pytest.M
     assert result["bleu_a"] == pytest.approx(100.0) and result["bleu_b"] < 50
     assert result["p_value"] < 0.01 and "bs:200" in result["signature"] and "seed:12345" in result["signature"]
     same = bleu_paired_bootstrap(worse, worse, refs, resamples=200)
-    assert same["difference"] == 0.0  # (sacrebleu gives identical systems p = 1/(n+1): its test, its rule)
+    # sacrebleu gives identical systems p = 1/(n+1) (it counts resamples strictly above a zero difference); no
+    # difference is nothing to call significant: p = 1, sacrebleu's own value kept beside it
+    assert same["difference"] == 0.0 and same["p_value"] == 1.0
+    assert same["p_value_sacrebleu"] == pytest.approx(1 / 201)
+    zeros = bleu_paired_bootstrap(["xyz"] * 40, ["qqq"] * 40, refs, resamples=200)  # both BLEU 0
+    assert zeros["bleu_a"] == zeros["bleu_b"] == 0.0 and zeros["p_value"] == 1.0
     import os
 
     assert os.environ["SACREBLEU_SEED"] == "7"

@@ -49,8 +49,9 @@ def heatmaps(results: dict[str, dict[str, Any]]) -> Figure:
 
 
 def slopes(results: dict[str, dict[str, Any]]) -> Figure:
-    """log λ* against log η per family (filled: used in the fit; open: at a grid edge or not better than λ = 0),
-    the fitted line, and the predicted slope through the data's centre (dashed)."""
+    """log λ* against log η per family (filled: the seed mean's, used in the fit; open: at a grid edge or not better
+    than λ = 0; grey dots: each seed's), the fitted line, and the predicted slope through the data's centre
+    (dashed)."""
     n = len(results)
     fig = new_figure(3.4 * n, 3.3)
     axes = fig.subplots(1, n, squeeze=False)[0]
@@ -59,6 +60,9 @@ def slopes(results: dict[str, dict[str, Any]]) -> Figure:
         for p in r["per_lr"]:
             if p["lambda_star"] is None:
                 continue
+            for seed in p.get("per_seed", []):  # each seed's own λ*, small and grey
+                if seed["lambda_star"] is not None:
+                    ax.plot(p["lr"], seed["lambda_star"], ".", color="0.55", ms=5)
             used = not p["edge"] and p["beats_zero"]
             ax.plot(p["lr"], p["lambda_star"], "o", color="#1f77b4", mfc="#1f77b4" if used else "none", ms=8)
             if used:
@@ -77,7 +81,7 @@ def slopes(results: dict[str, dict[str, Any]]) -> Figure:
                     label=f"predicted slope {r['prediction']:+.0f}")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        lo, hi = min(r["lambdas"]), max(r["lambdas"])
+        lo, hi = min(r["lambdas"]), max(r["lambdas"])  # a view's grid moves with η: the union of its rows
         ax.set_ylim(lo / 2, hi * 2)
         ax.set_xlabel("learning rate η")
         ax.set_ylabel("λ* (final validation loss)")

@@ -139,7 +139,11 @@ def bleu_paired_bootstrap(hypotheses_a: Sequence[str], hypotheses_b: Sequence[st
         else:
             os.environ["SACREBLEU_SEED"] = saved
     base, system = scores["BLEU"]
-    return {"bleu_a": float(system.score), "bleu_b": float(base.score),
-            "difference": float(system.score - base.score), "ci_a": float(system.ci),
-            "mean_a": float(system.mean), "p_value": float(system.p_value), "resamples": resamples, "seed": seed,
+    difference = float(system.score - base.score)
+    # sacrebleu counts resamples with a difference strictly above the observed one, so two systems with the same
+    # BLEU (identical outputs, or both at 0) get p = 1/(n + 1), "significant"; there is no difference to test.
+    p_value = 1.0 if difference == 0 else float(system.p_value)
+    return {"bleu_a": float(system.score), "bleu_b": float(base.score), "difference": difference,
+            "ci_a": float(system.ci), "mean_a": float(system.mean), "p_value": p_value,
+            "p_value_sacrebleu": float(system.p_value), "resamples": resamples, "seed": seed,
             "signature": str(signatures["BLEU"])}
