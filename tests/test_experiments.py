@@ -116,6 +116,12 @@ def test_lr_lambda_quick_and_resume(tmp_path: Path) -> None:
     assert paired["examples"] == len(test) == 40
     assert paired["a"] == pytest.approx(corpus_loss(run.model, test, run.device), rel=1e-6)
     assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"]
+    # the docs' tables come from results.json: one row per η, its λ* or why it is left out
+    from experiments.lr_lambda.table import optima, paired
+
+    adam_table = optima(saved, "adam").splitlines()
+    assert len(adam_table) == 2 + len(saved["settings"]["lrs"]["adam"]) + 1 and "AdamW, decay × η" in adam_table[0]
+    assert len(paired(saved).splitlines()) == 2 + 2
     # run again: every sweep is read back, nothing is trained
     before = _mtimes(tmp_path / "runs")
     again = main(["--quick", "--output", str(tmp_path)])
