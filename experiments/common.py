@@ -93,18 +93,35 @@ class Experiment:
 
     def write_results(self, settings: dict[str, Any], results: dict[str, Any], verdict: str) -> Path:
         """output/results.json (atomic): the settings, the results, the verdict, versions, machine, wall time and
-        load. `sweeps_wall_s` sums the sweeps' own wall clocks, which count every invocation of a resumed sweep."""
+        load. `sweeps_wall_s` sums the sweeps' own wall clocks, which count every invocation of a resumed sweep;
+        `invocations` lists every invocation that wrote this file (command, end, wall time, load), the earlier ones
+        read from the file it replaces, so reading a finished experiment back does not lose its first clock."""
         load_end = list(os.getloadavg())
         path = self.output / RESULTS
+        this = {"command": self.command, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "wall_s": time.perf_counter() - self.started,
+                "load_average": {"start": self.load_start, "end": load_end, "at_sweep_starts": self.load_samples}}
+        invocations = [*earlier_invocations(path), this]  # a resumed or re-read run keeps the earlier clocks
         atomic_write_json(path, {
-            "experiment": self.name, "quick": self.quick, "command": self.command,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "wall_s": time.perf_counter() - self.started, "sweeps_wall_s": sum(self.sweep_wall_s.values()),
-            "load_average": {"start": self.load_start, "end": load_end,
-                             "at_sweep_starts": self.load_samples},
+            "experiment": self.name, "quick": self.quick, **this, "sweeps_wall_s": sum(self.sweep_wall_s.values()),
+            "invocations": invocations, "wall_s_all_invocations": sum(i["wall_s"] for i in invocations),
             "machine": machine(), "versions": versions(), "settings": settings, "results": results,
             "verdict": verdict})
         return path
+
+
+def earlier_invocations(path: Path) -> list[dict[str, Any]]:
+    """The invocations recorded in an existing results.json (its own, for a file from before they were kept);
+    none when there is no readable file."""
+    import json
+
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if "invocations" in old:
+        return list(old["invocations"])
+    return [{k: old[k] for k in ("command", "finished", "wall_s", "load_average") if k in old}]
 
 
 def _plain(value: Any) -> Any:

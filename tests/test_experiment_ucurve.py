@@ -49,6 +49,9 @@ def test_ucurve_quick_and_resume(tmp_path: Path) -> None:
     assert saved["quick"] and saved["verdict"].startswith("item 1 ") and "item 4 " in saved["verdict"]
     settings = saved["settings"]
     assert results["shares"]["curves"] == 3 * len(FAMILIES)
+    from experiments.ucurve.table import table
+
+    assert len(table(saved).splitlines()) == 2 + 3 * len(FAMILIES)  # the docs' table: one row per curve
     for name, dataset in results["datasets"].items():
         assert (tmp_path / f"ucurve-{name}.png").stat().st_size > 20_000
         assert dataset["same_start"]  # one tokenizer and one initialization for all ten sweeps of a dataset
@@ -83,3 +86,15 @@ def test_ucurve_quick_and_resume(tmp_path: Path) -> None:
     assert json.loads((sweep / "summary.json").read_text())["final"] is None
     kjv = "bible-kjv-web"
     assert again["datasets"][kjv]["families"]["l1"] == results["datasets"][kjv]["families"]["l1"]
+
+
+def test_verdict_leaves_out_what_the_grid_did_not_measure() -> None:
+    from experiments.ucurve.__main__ import verdict
+
+    shares = {"curves": 2, "u_shaped": 1.0, "beats_zero": 1.0, "over_hurts": None, "over_measured": 0,
+              "over10_measured": 1, "over10_hurts_cv": 1.0, "over10_hurts_test": 1.0,
+              "within_one_step": {"min": 1.0, "1se": 0.5}}
+    said = verdict(shares)
+    # no grid reaching 100× above its optimum is "not measured", not a 0 % share that fails item 1
+    assert said.startswith("item 1 reproduced") and "not measured" in said and "item 4 reproduced" in said
+    assert verdict({**shares, "over_hurts": 0.0, "over_measured": 2}).startswith("item 1 not reproduced")

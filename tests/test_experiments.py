@@ -61,6 +61,10 @@ def test_ground_truth_quick_and_resume(tmp_path: Path) -> None:
     again = main(["--quick", "--output", str(tmp_path)])
     assert _mtimes(sweep / "trials") == before
     assert again["teachers"][1]["chosen"] == results["teachers"][1]["chosen"]
+    # results.json keeps the first invocation's clock beside the second's
+    rewritten = json.loads((tmp_path / "results.json").read_text())
+    assert [i["wall_s"] for i in rewritten["invocations"]][:1] == [saved["wall_s"]]
+    assert len(rewritten["invocations"]) == 2 and rewritten["wall_s"] == rewritten["invocations"][1]["wall_s"]
     # a sweep started with other settings is refused by name, not read back as if it were this one's
     recorded = sweep.with_name("teacher1.options.json")
     options = json.loads(recorded.read_text())
