@@ -62,6 +62,7 @@ class Experiment:
     load_start: list[float] = field(default_factory=lambda: list(os.getloadavg()))
     load_samples: list[float] = field(default_factory=list)
     sweep_wall_s: dict[str, float] = field(default_factory=dict)
+    earlier: list[dict[str, Any]] | None = None  # the invocations of the results.json this one replaces
 
     def sweep(self, key: str, **options: Any) -> dict[str, Any]:
         """`decaylab.sweep(**options)` into runs/<key>/, resumable: a finished sweep is read back, an unfinished one
@@ -101,7 +102,9 @@ class Experiment:
         this = {"command": self.command, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "wall_s": time.perf_counter() - self.started,
                 "load_average": {"start": self.load_start, "end": load_end, "at_sweep_starts": self.load_samples}}
-        invocations = [*earlier_invocations(path), this]  # a resumed or re-read run keeps the earlier clocks
+        if self.earlier is None:  # read once: a second write of this invocation replaces its own entry
+            self.earlier = earlier_invocations(path)
+        invocations = [*self.earlier, this]  # a resumed or re-read run keeps the earlier clocks
         atomic_write_json(path, {
             "experiment": self.name, "quick": self.quick, **this, "sweeps_wall_s": sum(self.sweep_wall_s.values()),
             "invocations": invocations, "wall_s_all_invocations": sum(i["wall_s"] for i in invocations),

@@ -93,6 +93,7 @@ def test_quick_runs_derives_lambda_from_tau_and_resumes(tmp_path: Path) -> None:
     results = main(["--quick", "--output", str(tmp_path)])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["quick"] and saved["settings"]["scale"] == "quick"
+    assert len(saved["invocations"]) == 1  # written twice (data, then width) by one invocation: one entry
     assert saved["verdict"].split(":")[0].split(" (")[0] in ("reproduced", "partly reproduced", "not reproduced")
     for name in ("tau_vs_lambda", "tau_vs_lambda_best_epoch", "tau_vs_lambda_width"):
         assert (tmp_path / f"{name}.png").stat().st_size > 20_000
