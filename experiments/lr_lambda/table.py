@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from experiments.fits import fit_line
+
 
 def _cell(p: dict[str, Any]) -> str:
     """λ* of one η (bold when it enters the fit), its seed-mean final loss; why it is left out otherwise."""
@@ -56,12 +58,30 @@ def paired(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def derived(results: dict[str, Any]) -> str:
+    """What the docs read off the tables: AdamW's τ_iter = 1/(η·λ*) per η, and each family's slope without its
+    smallest η (whose row may be flat) over the η the fit uses, both from the seed-mean λ*."""
+    families = results["results"]["families"]
+    lines = []
+    if "adamw_lr" in families:
+        taus = ", ".join(f"η {p['lr']:g}: {1 / (p['lr'] * p['lambda_star']):.0f}"
+                         for p in families["adamw_lr"]["per_lr"] if p["lambda_star"])
+        lines.append(f"AdamW τ_iter = 1/(η·λ*) in steps: {taus}")
+    for r in families.values():
+        points = [p for p in r["per_lr"][1:] if p["lambda_star"] is not None and not p["edge"] and p["beats_zero"]]
+        if len(points) >= 2:
+            fit = fit_line([math.log10(p["lr"]) for p in points], [math.log10(p["lambda_star"]) for p in points])
+            lines.append(f"{r['label']}: slope without the smallest η {fit['slope']:+.2f} ({len(points)} η)")
+    return "\n".join(lines)
+
+
 def main(path: str) -> None:
     """Print the tables of one results.json."""
     results = json.loads(Path(path).read_text(encoding="utf-8"))
     for optimizer in ("adam", "sgd"):
         print(optima(results, optimizer), end="\n\n")
     print(paired(results), end="\n\n")
+    print(derived(results), end="\n\n")
     print(results["verdict"])
 
 

@@ -43,6 +43,10 @@ def _pm(p: Paired) -> str:
     return f"{p.mean:+.4f}{se}, λ > 0 lower in {p.wins} of {p.n} seeds"
 
 
+def _bar(p: Paired) -> str:
+    return "meets" if p.meets_bar else "does NOT meet"
+
+
 def print_comparison(console: Console, base: Config, splits: Splits, demo: Any) -> None:
     """The per-seed table and the two paired differences, saying exactly what was compared."""
     unit = "documents" if base.data.kind == "text" else "pairs"
@@ -64,11 +68,9 @@ def print_comparison(console: Console, base: Config, splits: Splits, demo: Any) 
                       f"{r['val_l']:.4f} ({r['epoch_l']:.0f})", f"{r['val_diff']:+.4f}",
                       f"{r['test_0']:.4f}", f"{r['test_l']:.4f}", f"{r['test_diff']:+.4f}")
     console.print(table)
-    verdict = ("meets" if demo.val.meets_bar else "does NOT meet")
-    console.print(f"validation, paired over seeds: Δ = {_pm(demo.val)}: {verdict} the bar (Δ ≤ −{BAR_SE:g} SE). "
+    console.print(f"validation, paired over seeds: Δ = {_pm(demo.val)}: {_bar(demo.val)} the bar (Δ ≤ −{BAR_SE:g} SE). "
                   f"λ = {demo.lam:g}: {demo.lam_source}.", highlight=False)
-    console.print(f"test, paired over seeds: Δ = {_pm(demo.test)}: "
-                  f"{'meets' if demo.test.meets_bar else 'does NOT meet'} the bar. The test split "
+    console.print(f"test, paired over seeds: Δ = {_pm(demo.test)}: {_bar(demo.test)} the bar. The test split "
                   f"({len(splits.test):,} {unit}) chose nothing: neither λ nor any checkpoint.", highlight=False)
 
 
