@@ -59,6 +59,7 @@ from decaylab.runfolder.checkpoint import (
 from decaylab.runfolder.layout import RunPaths, build_meta, write_run_header
 from decaylab.runfolder.lock import FolderLock
 from decaylab.training.loop import RunState, TrainingLoop, fresh_progress
+from decaylab.training.replica_groups import ReplicaGroups
 from decaylab.training.schedule import lr_multiplier
 from decaylab.training.steady import SteadyView
 from decaylab.training.trainer import bleu_sample, optimizer_kwargs
@@ -178,6 +179,7 @@ class StackedTrainer:
             weights, states, sched_state, lr = self._start(resume)
             self.active = [r for r in self.replicas if r.status is None]
             self.params: dict[str, torch.Tensor] = {}
+            self.replica_groups: ReplicaGroups | None = None
             if self.active:
                 self.params = {name: torch.stack([weights[r.name][name] for r in self.active]).to(self.device)
                                .requires_grad_(True) for name in self.names}
@@ -290,8 +292,16 @@ class StackedTrainer:
                                                              if isinstance(v, list)}})
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-        self.model = build_stacked(self.base.model, self.params, [r.config.model.dropout for r in self.active],
-                                   [r.generator for r in self.active])
+        dropouts, generators = [r.config.model.dropout for r in self.active], [r.generator for r in self.active]
+        self.model = build_stacked(self.base.model, self.params, dropouts, generators)
+        # On a CPU, groups of replicas side by side, one core each (replica_groups.py); `train.threads=1` keeps
+        # one stack on one thread. A GPU runs the one stack.
+        if self.replica_groups is not None:
+            self.replica_groups.close()
+        threads = torch.get_num_threads() if self.device.type == "cpu" else 1
+        self.replica_groups = ReplicaGroups(self.params, threads, lambda views, start, end: build_stacked(
+            self.base.model, views, dropouts[start:end], generators[start:end])) if min(
+            threads, len(self.active)) > 1 else None
 
         # every replica's decay rules, from the registry
         self.decay = ReplicaDecay([r.reg for r in self.active], self.multiplier, self.params, cfg.lr, self.device,
@@ -324,17 +334,24 @@ class StackedTrainer:
     def train_step(self, batch: Batch) -> torch.Tensor:
         """One step of every active replica: [K, 2] (task loss, task loss + penalty) on the device."""
         cfg = self.base.train
-        with autocast(self.device, cfg.precision):
-            task = self.model(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
-                              label_smoothing=cfg.label_smoothing, target_index=batch.target_index) / batch.n_tokens
-        losses = task.detach().float()
-        # as the Trainer: a replica whose loss with its penalty overflows has diverged too (read back by the loop)
-        totals = losses + self.decay.penalties() if self.decay.has_penalty else losses
-        for p in self.params.values():
-            p.grad = None
+
+        def task_loss(model) -> torch.Tensor:  # per replica; autocast is per thread, so it is entered here
+            with autocast(self.device, cfg.precision):
+                return model(batch.src, batch.src_len, batch.tgt_in, batch.tgt_out,
+                             label_smoothing=cfg.label_smoothing, target_index=batch.target_index) / batch.n_tokens
+
         # a replica's non-finite loss reaches only its own slices (the sum's gradient is 1 for each replica, and
         # clipping, the rules and the optimizer act per replica); the loop takes it out of the stack
-        task.sum().backward()
+        if self.replica_groups is not None:
+            losses = self.replica_groups.backward(task_loss).float()
+        else:
+            for p in self.params.values():
+                p.grad = None
+            task = task_loss(self.model)
+            task.sum().backward()
+            losses = task.detach().float()
+        # as the Trainer: a replica whose loss with its penalty overflows has diverged too (read back by the loop)
+        totals = losses + self.decay.penalties() if self.decay.has_penalty else losses
         self._regularize_and_step()
         return torch.stack([losses, totals], dim=1)
 
@@ -359,9 +376,13 @@ class StackedTrainer:
     def evaluate_runs(self) -> list[dict[str, float]]:
         """Each active replica's evaluation row fields (as `Trainer.evaluate`)."""
         precision = self.base.train.precision
-        tokens = self.model.eval_batch_tokens(self.device)
-        val = corpus_losses(self.model, self.valid_eval, self.device, tokens, precision).tolist()
-        train = corpus_losses(self.model, self.train_eval, self.device, tokens, precision).tolist()
+
+        def scores(data) -> list[float]:
+            def score(model) -> torch.Tensor:
+                return corpus_losses(model, data, self.device, model.eval_batch_tokens(self.device), precision)
+            return (self.replica_groups.map(score) if self.replica_groups is not None else score(self.model)).tolist()
+
+        val, train = scores(self.valid_eval), scores(self.train_eval)
         zero = torch.zeros(len(self.active), device=self.device)
         sq = {n: p.float().flatten(1).square().sum(1) for n, p in self.params.items()}
         decayed = [n for n in self.names if self.multiplier[n]]
@@ -454,6 +475,9 @@ class StackedTrainer:
                 owner.acquire()
             TrainingLoop(self, quiet=self.quiet).fit()
         finally:
+            if self.replica_groups is not None:
+                self.replica_groups.close()
+                self.replica_groups = None
             for owner in self.owners:
                 owner.release()
         return self.replicas
