@@ -80,6 +80,13 @@ def measure(preset: str, vocab: int, steps: int, args, device: torch.device) -> 
         ours_s = time.perf_counter() - t0
         stacked = [r.history[-1]["val_loss"] for r in replicas]
         tokens = replicas[0].history[-1]["tokens_per_s"]  # every replica trains on the same tokens
+        one_group_s = None
+        if device.type == "cpu" and args.threads > 1:  # the same stack without replica groups (all threads on it)
+            one = [c.model_copy(update={"train": c.train.model_copy(update={"replica_groups": 1})}) for c in cfgs]
+            t0 = time.perf_counter()
+            StackedTrainer(one, [work / f"one{i}" for i in range(len(cfgs))], splits=splits, tokenizer=tokenizer,
+                           init_weights=init).fit()
+            one_group_s = time.perf_counter() - t0
         # How far float rounding alone moves this training: the first configuration again, from initial weights
         # changed in their last bit. A stacked-vs-sequential difference of this size is rounding, not a bug.
         nudged = Trainer(cfgs[0], work / "nudged", splits=splits, tokenizer=tokenizer,
@@ -92,6 +99,8 @@ def measure(preset: str, vocab: int, steps: int, args, device: torch.device) -> 
             "parameters_per_replica": sum(t.numel() for t in init.values()),
             "baseline_s": round(baseline_s, 3), "ours_s": round(ours_s, 3), "ratio": round(baseline_s / ours_s, 3),
             "stacked_tokens_per_s_per_replica": round(tokens, 1),
+            **({"one_group_s": round(one_group_s, 3), "one_group_ratio": round(baseline_s / one_group_s, 3)}
+               if one_group_s else {}),
             "max_abs_val_loss_difference": max(abs(a - b) for a, b in zip(sequential, stacked, strict=True)),
             "rounding_sensitivity": abs(nudged - sequential[0]),
             "val_loss": {"sequential": sequential, "stacked": stacked, "sequential_nudged_first": nudged},
@@ -162,6 +171,8 @@ def main() -> None:
         rows.append(row)
         print(f"{preset:<6} V={row['vocab']:<5} {row['parameters_per_replica'] / 1e6:6.2f}M params  K={args.k}: "
               f"sequential {row['baseline_s']:7.2f} s  vectorized {row['ours_s']:7.2f} s  ratio {row['ratio']:.2f}x  "
+              + (f"(one group: {row['one_group_s']:.2f} s, {row['one_group_ratio']:.2f}x)  " if "one_group_s" in row
+                 else "") +
               f"(max |Δ val loss| {row['max_abs_val_loss_difference']:.1e}; a one-ulp nudge of the initial weights "
               f"moves a sequential run by {row['rounding_sensitivity']:.1e})", flush=True)
         if "profile_self_time_share" in row:

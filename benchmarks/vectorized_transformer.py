@@ -25,6 +25,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import common  # sets the OpenMP wait policy; must come before torch
@@ -87,7 +88,8 @@ def measure(arch: str, data: str, args, device: torch.device, work: Path) -> dic
     StackedTrainer(cfgs[:2], [work / "warm-v0", work / "warm-v1"], splits=splits, tokenizer=tokenizer,
                    init_weights=init).fit()
     results: dict[str, list[float]] = {}
-    cpu: dict[str, list[float]] = {"sequential": [], "stacked": []}  # process CPU seconds (user + system)
+    # process CPU seconds (user + system)
+    cpu: dict[str, list[float]] = {"sequential": [], "stacked": [], "stacked_one_group": []}
 
     def run_sequential(rep: int) -> float:
         common.sync(device)
@@ -99,19 +101,25 @@ def measure(arch: str, data: str, args, device: torch.device, work: Path) -> dic
         cpu["sequential"].append(time.process_time() - c0)
         return time.perf_counter() - t0
 
-    def run_stacked(rep: int) -> float:
-        common.sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        replicas = StackedTrainer(cfgs, [work / f"vec{rep}-{i}" for i in range(len(cfgs))], splits=splits,
-                                  tokenizer=tokenizer, init_weights=init).fit()
-        common.sync(device)
-        cpu["stacked"].append(time.process_time() - c0)
-        seconds = time.perf_counter() - t0
-        results["stacked"] = [r.history[-1]["val_loss"] for r in replicas]
-        return seconds
+    def stacked_run(name: str, configs: list) -> Callable[[int], float]:
+        def run(rep: int) -> float:
+            common.sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            replicas = StackedTrainer(configs, [work / f"{name}{rep}-{i}" for i in range(len(configs))],
+                                      splits=splits, tokenizer=tokenizer, init_weights=init).fit()
+            common.sync(device)
+            cpu[name].append(time.process_time() - c0)
+            seconds = time.perf_counter() - t0
+            results[name] = [r.history[-1]["val_loss"] for r in replicas]
+            return seconds
+        return run
 
-    # alternating order (sequential first, then the stack first, ...): load drift on a shared machine hits both
-    _, seconds = common.interleave({"sequential": run_sequential, "stacked": run_stacked}, args.reps, warmup=0)
+    variants = {"sequential": run_sequential, "stacked": stacked_run("stacked", cfgs)}
+    if device.type == "cpu" and args.threads > 1:  # the same stack without replica groups (one stack, all threads)
+        variants["stacked_one_group"] = stacked_run("stacked_one_group", [
+            c.model_copy(update={"train": c.train.model_copy(update={"replica_groups": 1})}) for c in cfgs])
+    # rotating order (sequential first, then the stack first, ...): load drift on a shared machine hits all alike
+    _, seconds = common.interleave(variants, args.reps, warmup=0)
     baseline_s, ours_s = common.median(seconds["sequential"]), common.median(seconds["stacked"])
     sequential, stacked = results["sequential"], results["stacked"]
     nudged = Trainer(cfgs[0], work / "nudged", splits=splits, tokenizer=tokenizer,
@@ -126,8 +134,13 @@ def measure(arch: str, data: str, args, device: torch.device, work: Path) -> dic
             "seconds_per_repetition": {name: [round(x, 3) for x in v] for name, v in seconds.items()},
             # CPU seconds of this process: what the work costs, much less moved by other processes than wall time
             # on a busy machine (a CPU run only; a GPU's work is not in it)
-            "cpu_s": {name: round(common.median(v), 3) for name, v in cpu.items()},
+            "cpu_s": {name: round(common.median(v), 3) for name, v in cpu.items() if v},
             "cpu_ratio": round(common.median(cpu["sequential"]) / common.median(cpu["stacked"]), 3),
+            **({"one_group_s": round(common.median(seconds["stacked_one_group"]), 3),
+                "one_group_ratio": round(baseline_s / common.median(seconds["stacked_one_group"]), 3),
+                "one_group_max_abs_val_loss_difference": max(
+                    abs(a - b) for a, b in zip(sequential, results["stacked_one_group"], strict=True))}
+               if "stacked_one_group" in seconds else {}),
             "max_abs_val_loss_difference": max(abs(a - b) for a, b in zip(sequential, stacked, strict=True)),
             "rounding_sensitivity": abs(nudged - sequential[0]),
             "val_loss": {"sequential": sequential, "stacked": stacked, "sequential_nudged_first": nudged},
@@ -278,7 +291,9 @@ def main() -> None:
             step = row["one_step"]
             print(f"{arch:<11} tiny V={row['vocab']:<5} {row['parameters_per_replica'] / 1e6:5.2f}M params K={args.k} "
                   f"{row['steps']} steps: sequential {row['baseline_s']:6.2f} s  vectorized {row['ours_s']:6.2f} s  "
-                  f"ratio {row['ratio']:.2f}x, CPU time {row['cpu_ratio']:.2f}x  (max |Δ val loss| "
+                  f"ratio {row['ratio']:.2f}x, CPU time {row['cpu_ratio']:.2f}x"
+                  + (f" (one group: {row['one_group_s']:.2f} s, {row['one_group_ratio']:.2f}x)" if "one_group_s" in row
+                     else "") + "  (max |Δ val loss| "
                   f"{row['max_abs_val_loss_difference']:.1e}; rounding sensitivity "
                   f"{row['rounding_sensitivity']:.1e}); one step: vmap {step['vmap_ratio']:.2f}x, "
                   f"batched weights {step['batched_weights_ratio']:.2f}x of {args.k} single models (CPU time)"

@@ -108,3 +108,25 @@ def test_groups_are_rebuilt_when_replicas_leave_the_stack(tmp_path: Path) -> Non
         assert_same_trajectory(replica.history, single[:len(replica.history)])
     assert len(replicas[1].history) == len(singles[1])
     assert replicas[3].history[-1]["epoch"] == 1
+
+
+@pytest.mark.parametrize("setting,threads,expected", [(None, 2, [(0, 2), (2, 3)]), (1, 2, None),
+                                                      (3, 2, [(0, 1), (1, 2), (2, 3)]), (None, 1, None)])
+def test_train_replica_groups_sets_how_the_stack_splits(setting: int | None, threads: int, expected, tmp_path: Path
+                                                        ) -> None:
+    """Default: one group per thread (at most one per replica); 1 or a single thread: one stack; the threads are
+    shared among the groups (at least one each)."""
+    extra = [f"train.replica_groups={setting}"] if setting else []
+    base = arch_config("decoder", "train.max_steps=2", f"train.threads={threads}", *extra)
+    configs = [variant(base, mode="decoupled", weight_decay=w) for w in (0.0, 0.1, 0.2)]
+    splits, tokenizer = arch_data("decoder")
+    previous = torch.get_num_threads()
+    try:
+        trainer = StackedTrainer(configs, [tmp_path / f"v{i}" for i in range(3)], splits=splits, tokenizer=tokenizer)
+        groups = trainer.replica_groups
+        assert (groups.bounds if groups else None) == expected
+        if groups:
+            assert groups.threads == max(1, threads // len(expected))
+        trainer.fit()
+    finally:
+        torch.set_num_threads(previous)

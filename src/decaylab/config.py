@@ -276,6 +276,9 @@ class TrainConfig(Section):
                                              "measured no faster on CPU for the RNN seq2seq, see docs/benchmarks.md")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
+    replica_groups: int | None = Field(None, ge=1, description=(
+        "sweep --vectorized on a CPU: the stack's replicas run as this many groups side by side, the threads "
+        "shared among them (default: one group per thread, at most one per replica; 1 = one stack)"))
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     tensorboard: bool = False
 

@@ -2,7 +2,8 @@
 
 A tiny model's ops are too small for torch's intra-op threads to pay (a single run of the tiny preset gains
 ~1.3x from a second core); a stack's replicas, though, are independent all the way through, so G groups of K/G
-replicas on G threads (one intra-op thread each) keep every core busy with no synchronization inside an op, and
+replicas on G threads (by default one per thread, with one intra-op thread each; with more threads than replicas,
+each group gets its share) keep every core busy with no synchronization inside an op, and
 what torch runs serially (the dropout draws, a small op's dispatch) runs G-wide too (docs/benchmarks.md §3d has the
 measurements). Each group is the architecture's stacked model over leaf views of the engine's stacked parameters
 (rows of the same storage), so the optimizer, the decay rules and the checkpoints still see one [K, ...] tensor per
@@ -34,19 +35,22 @@ def group_bounds(replicas: int, groups: int) -> list[tuple[int, int]]:
 
 
 class ReplicaGroups:
-    """The stacked `params` [K, ...] as `groups` stacked models (built by `build(views, start, end)`) on threads."""
+    """The stacked `params` [K, ...] as `groups` stacked models (built by `build(views, start, end)`) on threads,
+    each with `threads // groups` intra-op threads (at least one)."""
 
     def __init__(self, params: dict[str, torch.Tensor], groups: int,
-                 build: Callable[[dict[str, torch.Tensor], int, int], StackedModel]):
+                 build: Callable[[dict[str, torch.Tensor], int, int], StackedModel], threads: int | None = None):
         self.params = params
         self.bounds = group_bounds(next(iter(params.values())).size(0), groups)
+        self.threads = max(1, (threads or torch.get_num_threads()) // len(self.bounds))
         # leaf views: row slices of the stacked tensors (the optimizer's in-place steps show through them)
         self.views = [{name: p.detach()[start:end].requires_grad_(True) for name, p in params.items()}
                       for start, end in self.bounds]
         self.models = [build(views, start, end) for views, (start, end) in zip(self.views, self.bounds, strict=True)]
-        # one intra-op thread in each worker: the groups are the parallelism (set per thread, the caller keeps its own)
+        # the groups are the parallelism: each worker gets its share of the threads (set per thread; the caller
+        # keeps its own)
         self.pool = ThreadPoolExecutor(len(self.bounds), thread_name_prefix="decaylab-replicas",
-                                       initializer=torch.set_num_threads, initargs=(1,))
+                                       initializer=torch.set_num_threads, initargs=(self.threads,))
 
     def __len__(self) -> int:
         return len(self.bounds)

@@ -11,7 +11,9 @@ trajectory to float rounding:
   run's order: loss terms before clipping, clipping per replica, gradient terms after, decoupled decay before the
   update; a rule without a stacked kernel is refused by name;
 - early stopping, epoch budgets and divergence per replica are the loop's: a replica that stops leaves the stack
-  (its slices are dropped), so the others run faster and are unaffected.
+  (its slices are dropped), so the others run faster and are unaffected;
+- on a CPU, the replicas run as groups side by side, the threads shared among them (`train.replica_groups`,
+  replica_groups.py): the same computation per replica, every core busy without splitting each small op.
 Each replica writes the ordinary run folder of a single run (config, meta, metrics.jsonl, best/last checkpoints
 with a `Trainer`-format optimizer state), so `Trainer(resume=True)` can continue any of them, and a killed
 vectorized run resumes from those folders.
@@ -294,14 +296,14 @@ class StackedTrainer:
                 group["lr"] = lr
         dropouts, generators = [r.config.model.dropout for r in self.active], [r.generator for r in self.active]
         self.model = build_stacked(self.base.model, self.params, dropouts, generators)
-        # On a CPU, groups of replicas side by side, one core each (replica_groups.py); `train.threads=1` keeps
-        # one stack on one thread. A GPU runs the one stack.
+        # On a CPU, groups of replicas side by side, the threads shared among them (replica_groups.py);
+        # `train.replica_groups=1` (or one thread) keeps one stack. A GPU runs the one stack.
         if self.replica_groups is not None:
             self.replica_groups.close()
-        threads = torch.get_num_threads() if self.device.type == "cpu" else 1
-        self.replica_groups = ReplicaGroups(self.params, threads, lambda views, start, end: build_stacked(
-            self.base.model, views, dropouts[start:end], generators[start:end])) if min(
-            threads, len(self.active)) > 1 else None
+        threads = torch.get_num_threads()
+        groups = min(cfg.replica_groups or threads, len(self.active)) if self.device.type == "cpu" else 1
+        self.replica_groups = ReplicaGroups(self.params, groups, lambda views, start, end: build_stacked(
+            self.base.model, views, dropouts[start:end], generators[start:end]), threads) if groups > 1 else None
 
         # every replica's decay rules, from the registry
         self.decay = ReplicaDecay([r.reg for r in self.active], self.multiplier, self.params, cfg.lr, self.device,
