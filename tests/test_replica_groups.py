@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from decaylab.models import build_stacked
+from decaylab.training import Trainer
 from decaylab.training.replica_groups import ReplicaGroups, group_bounds
 from decaylab.training.stacked import StackedTrainer
 from tests.test_vectorized import assert_same_trajectory, run_both, variant
@@ -72,7 +73,7 @@ def test_the_engine_with_groups_follows_each_sequential_run(arch: str, tmp_path:
                variant(base, mode="coupled", weight_decay=0.02),
                variant(base, mode="l2", weight_decay=0.02),
                variant(base, mode="none", weight_decay=0.0, l1=0.003)]
-    splits, tokenizer = data = arch_data(arch)
+    splits, tokenizer = arch_data(arch)
     threads = torch.get_num_threads()
     try:
         trainer = StackedTrainer(configs, [tmp_path / f"v{i}" for i in range(len(configs))], splits=splits,
@@ -80,7 +81,8 @@ def test_the_engine_with_groups_follows_each_sequential_run(arch: str, tmp_path:
         assert trainer.replica_groups is not None and trainer.replica_groups.bounds == [(0, 3), (3, 5)]
         replicas = trainer.fit()
         assert trainer.replica_groups is None  # the workers are let go when the fit ends
-        singles = run_both(configs, tmp_path / "again", data)[1]
+        singles = [Trainer(c, tmp_path / f"s{i}", splits=splits, tokenizer=tokenizer, quiet=True).fit().history
+                   for i, c in enumerate(configs)]
     finally:
         torch.set_num_threads(threads)
     for replica, single in zip(replicas, singles, strict=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import shutil
 import sys
@@ -98,6 +99,11 @@ def start_new_run(paths: RunPaths, overwrite: bool) -> None:
 
 def versions() -> dict[str, str]:
     """Versions of Python and of every library that can change the numbers."""
+    return dict(_versions())
+
+
+@functools.cache  # a process's versions do not change; reading package metadata costs ~17 ms a run
+def _versions() -> dict[str, str]:
     found = {"python": platform.python_version(), "decaylab": __version__, "torch": torch.__version__}
     for package in ("tokenizers", "sacrebleu", "safetensors", "numpy", "pydantic"):
         try:
