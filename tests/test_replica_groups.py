@@ -13,7 +13,7 @@ import torch
 from decaylab.models import build_stacked
 from decaylab.training import Trainer
 from decaylab.training.replica_groups import ReplicaGroups, group_bounds
-from decaylab.training.stacked import StackedTrainer
+from decaylab.training.stacked import StackedTrainer, default_replica_groups
 from tests.test_vectorized import assert_same_trajectory, run_both, variant
 from tests.test_vectorized_transformer import ARCHS, arch_config, arch_data, stacked_and_singles
 
@@ -130,5 +130,28 @@ def test_train_replica_groups_sets_how_the_stack_splits(setting: int | None, thr
         if groups:
             assert groups.threads == max(1, threads // len(expected))
         trainer.fit()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_one_stack_by_default_where_idle_openmp_threads_spin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Under OMP_WAIT_POLICY=active a waiting OpenMP thread spins and takes a core from the groups: one stack
+    unless `train.replica_groups` asks for groups."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert default_replica_groups(4) == 1
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert default_replica_groups(4) == 4
+    monkeypatch.setenv("OMP_WAIT_POLICY", " active ")
+    splits, tokenizer = arch_data("decoder")
+    previous = torch.get_num_threads()
+    try:
+        for setting, expected in ((None, None), (2, [(0, 2), (2, 3)])):
+            extra = [f"train.replica_groups={setting}"] if setting else []
+            base = arch_config("decoder", "train.max_steps=1", "train.threads=2", *extra)
+            configs = [variant(base, mode="decoupled", weight_decay=w) for w in (0.0, 0.1, 0.2)]
+            trainer = StackedTrainer(configs, [tmp_path / f"{setting}-{i}" for i in range(3)], splits=splits,
+                                     tokenizer=tokenizer)
+            assert (trainer.replica_groups.bounds if trainer.replica_groups else None) == expected
+            trainer.fit()
     finally:
         torch.set_num_threads(previous)

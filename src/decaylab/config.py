@@ -278,7 +278,8 @@ class TrainConfig(Section):
     threads: int | None = Field(None, ge=1)
     replica_groups: int | None = Field(None, ge=1, description=(
         "sweep --vectorized on a CPU: the stack's replicas run as this many groups side by side, the threads "
-        "shared among them (default: one group per thread, at most one per replica; 1 = one stack)"))
+        "shared among them (default: one group per thread, at most one per replica, and one stack under "
+        "OMP_WAIT_POLICY=active; 1 = one stack)"))
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     tensorboard: bool = False
 

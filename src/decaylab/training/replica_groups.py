@@ -8,8 +8,9 @@ what torch runs serially (the dropout draws, a small op's dispatch) runs G-wide 
 measurements). Each group is the architecture's stacked model over leaf views of the engine's stacked parameters
 (rows of the same storage), so the optimizer, the decay rules and the checkpoints still see one [K, ...] tensor per
 parameter; each thread runs its group's forward and backward (CPU autograd runs on the calling thread), and the
-groups' gradients are concatenated into the stacked parameters' `.grad`. Replica k computes exactly what it
-computes in the whole stack: the same ops on its own slices, its own dropout generator.
+groups' gradients are concatenated into the stacked parameters' `.grad`. Replica k computes what it computes in
+the whole stack: the same ops on its own slices, the same dropout draws from its own generator (equal to float
+rounding: a GEMM over fewer replicas, on fewer threads, may round its last bit differently).
 """
 
 from __future__ import annotations

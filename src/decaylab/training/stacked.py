@@ -29,6 +29,7 @@ seed and the replica's name: the masks agree with a sequential run's in distribu
 from __future__ import annotations
 
 import copy
+import os
 import weakref
 import zlib
 from dataclasses import dataclass, field
@@ -83,6 +84,14 @@ def shared_settings(config: Config) -> dict[str, Any]:
         for key in keys:
             (raw[section] if section else raw).pop(key, None)
     return raw
+
+
+def default_replica_groups(threads: int) -> int:
+    """Groups of a CPU stack when `train.replica_groups` is unset: one per intra-op thread, except under
+    OMP_WAIT_POLICY=active, where an idle OpenMP thread spins and takes a core from the groups' workers (measured:
+    the groups 0.86x of one stack for the decoder LM, 1.19x instead of 1.52x for a vectorized grid of RNNs;
+    docs/benchmarks.md §3d), so one stack."""
+    return 1 if os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "active" else threads
 
 
 def _parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -301,7 +310,8 @@ class StackedTrainer:
         if self.replica_groups is not None:
             self.replica_groups.close()
         threads = torch.get_num_threads()
-        groups = min(cfg.replica_groups or threads, len(self.active)) if self.device.type == "cpu" else 1
+        groups = min(cfg.replica_groups or default_replica_groups(threads), len(self.active)) \
+            if self.device.type == "cpu" else 1
         self.replica_groups = ReplicaGroups(self.params, groups, lambda views, start, end: build_stacked(
             self.base.model, views, dropouts[start:end], generators[start:end]), threads) if groups > 1 else None
 
