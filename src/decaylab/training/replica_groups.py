@@ -1,7 +1,7 @@
 """On a CPU, a stack's replicas run as groups side by side, one core each, instead of every op split over cores.
 
 A tiny model's ops are too small for torch's intra-op threads to pay (a single run of the tiny preset gains
-~1.3x from a second core); a stack's replicas, though, are independent all the way through, so G groups of K/G
+little from a second core); a stack's replicas, though, are independent all the way through, so G groups of K/G
 replicas on G threads (by default one per thread, with one intra-op thread each; with more threads than replicas,
 each group gets its share) keep every core busy with no synchronization inside an op, and
 what torch runs serially (the dropout draws, a small op's dispatch) runs G-wide too (docs/benchmarks.md §3d has the
@@ -74,13 +74,9 @@ class ReplicaGroups:
             return loss.detach()
 
         losses = list(self.pool.map(run, range(len(self.bounds))))
-        for name, p in self.params.items():
+        for name, p in self.params.items():  # every group is the same model on the same batch: all or none have one
             grads = [views[name].grad for views in self.views]
-            if all(g is None for g in grads):
-                p.grad = None
-            else:
-                p.grad = torch.cat([torch.zeros_like(views[name]) if g is None else g
-                                    for g, views in zip(grads, self.views, strict=True)])
+            p.grad = None if grads[0] is None else torch.cat(grads)
         return torch.cat(losses)
 
     def map(self, fn: Callable[[StackedModel], torch.Tensor]) -> torch.Tensor:
