@@ -8,6 +8,8 @@ A stacked model holds no nn.Parameters of its own: `params` maps each name of th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from decaylab.data.tokenizer import PAD_ID
@@ -76,6 +78,31 @@ class StackedModel:
         """The replicas' Linear `prefix` (its weight, and its bias where the model has one) applied to x [K, ...]."""
         bias = f"{prefix}.bias"
         return linear(x, self.p(f"{prefix}.weight"), self.p(bias) if self.has(bias) else None)
+
+    def replica_masks(self, rates: list[float], draw: Callable[[float, torch.Generator], torch.Tensor]
+                      ) -> list[torch.Tensor | None]:
+        """Replica k's dropout mask `draw(rates[k], generators[k])` (None at rate 0), with one draw for replicas
+        whose rates are equal and whose generators are in the same state.
+
+        Such replicas would draw the very same mask (a λ sweep's replicas share the run seed, so all of them do),
+        so the first one draws it and the others' generators are moved to its generator's new state: every
+        stream ends where its own draw would have left it, and the masks are the ones each would have drawn.
+        """
+        masks: list[torch.Tensor | None] = [None] * len(rates)
+        drawn: list[tuple[int, torch.Tensor]] = []  # (replica that drew, its generator's state before the draw)
+        for k, rate in enumerate(rates):
+            if rate <= 0:
+                continue
+            generator = self.generators[k]
+            state = generator.get_state()
+            same = next((j for j, before in drawn if rates[j] == rate and torch.equal(before, state)), None)
+            if same is None:
+                drawn.append((k, state))
+                masks[k] = draw(rate, generator)
+            else:
+                masks[k] = masks[same]
+                generator.set_state(self.generators[same].get_state())
+        return masks
 
     def embed(self, name: str, tokens: torch.Tensor) -> torch.Tensor:
         """Rows of the stacked embedding `name` [K, V, E] for tokens [B, T]: [K, B, T, E]."""

@@ -57,13 +57,13 @@ class _StackedAttentionModel(StackedModel):
         rates = self.dropouts if rates is None else rates
         if not self.training or not any(r > 0 for r in rates):
             return x
-        noise = torch.empty_like(x)
-        for k, rate in enumerate(rates):
-            if rate > 0:  # what torch's CPU dropout does to a single model's x (and rate 0 draws nothing)
-                noise[k].bernoulli_(1.0 - rate, generator=self.generators[k]).div_(1.0 - rate)
-            else:
-                noise[k].fill_(1.0)
-        return x * noise
+        # what torch's CPU dropout does to a single model's x (and rate 0 draws nothing)
+        masks = self.replica_masks(rates, lambda rate, generator: torch.empty(
+            x.shape[1:], dtype=x.dtype, device=x.device).bernoulli_(1.0 - rate, generator=generator).div_(1.0 - rate))
+        if all(m is masks[0] for m in masks):  # one mask for every replica: broadcast it
+            return x * masks[0]
+        ones = torch.ones(x.shape[1:], dtype=x.dtype, device=x.device)
+        return x * torch.stack([ones if m is None else m for m in masks])
 
     def norm(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
         """LayerNorm (eps 1e-5, bias if the model has one) or RMSNorm (eps 1e-6) of x [K, ..., D], per replica."""
