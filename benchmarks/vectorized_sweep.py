@@ -2,7 +2,8 @@
 
     python benchmarks/vectorized_sweep.py [--quick] [--device auto|cpu|cuda] [--k 8] [--out PATH]
 
-Baseline: K sequential `Trainer` runs (what `decaylab sweep` does with one worker). Ours: one `StackedTrainer`
+Baseline: K sequential `Trainer` runs (what `decaylab sweep` does with one worker). Ours: `ReplicaGroups` (what
+`sweep --vectorized` runs: on a CPU, stacks side by side, one per core; also timed as one stack)
 over the same K configurations (decoupled λ log-spaced over 1e-5..1e-1 plus λ = 0). Both train the same steps
 on the same bible-en-es subset from the same initial weights and evaluate once at the end; the wall time of the
 whole training (evaluation included) is compared. Dropout is 0, so the final validation losses of the two must
@@ -28,6 +29,7 @@ from decaylab.device import seed_everything
 from decaylab.models import build_model
 from decaylab.runfolder.checkpoint import model_tensors
 from decaylab.training import Trainer
+from decaylab.training.replica_groups import ReplicaGroups
 from decaylab.training.stacked import StackedTrainer
 
 # (preset, vocabulary, steps full, steps quick): from launch-bound to GEMM-bound
@@ -65,8 +67,8 @@ def measure(preset: str, vocab: int, steps: int, args, device: torch.device) -> 
     try:
         # warm-up (CUDA context, kernels, allocator) for both paths, not timed
         Trainer(cfgs[0], work / "warm-seq", splits=splits, tokenizer=tokenizer, init_weights=init, quiet=True).fit()
-        StackedTrainer(cfgs[:2], [work / "warm-v0", work / "warm-v1"], splits=splits, tokenizer=tokenizer,
-                       init_weights=init).fit()
+        ReplicaGroups(cfgs[:2], [work / "warm-v0", work / "warm-v1"], splits=splits, tokenizer=tokenizer,
+                      init_weights=init).fit()
         common.sync(device)
         t0 = time.perf_counter()
         sequential = [Trainer(c, work / f"seq{i}", splits=splits, tokenizer=tokenizer, init_weights=init,
@@ -74,18 +76,18 @@ def measure(preset: str, vocab: int, steps: int, args, device: torch.device) -> 
         common.sync(device)
         baseline_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        replicas = StackedTrainer(cfgs, [work / f"vec{i}" for i in range(len(cfgs))], splits=splits,
-                                  tokenizer=tokenizer, init_weights=init).fit()
+        replicas = ReplicaGroups(cfgs, [work / f"vec{i}" for i in range(len(cfgs))], splits=splits,
+                                 tokenizer=tokenizer, init_weights=init).fit()
         common.sync(device)
         ours_s = time.perf_counter() - t0
         stacked = [r.history[-1]["val_loss"] for r in replicas]
         tokens = replicas[0].history[-1]["tokens_per_s"]  # every replica trains on the same tokens
         one_group_s = None
-        if device.type == "cpu" and args.threads > 1:  # the same stack without replica groups (all threads on it)
+        if device.type == "cpu" and args.threads > 1:  # the same replicas as one stack (all threads on it)
             one = [c.model_copy(update={"train": c.train.model_copy(update={"replica_groups": 1})}) for c in cfgs]
             t0 = time.perf_counter()
-            StackedTrainer(one, [work / f"one{i}" for i in range(len(cfgs))], splits=splits, tokenizer=tokenizer,
-                           init_weights=init).fit()
+            ReplicaGroups(one, [work / f"one{i}" for i in range(len(cfgs))], splits=splits, tokenizer=tokenizer,
+                          init_weights=init).fit()
             one_group_s = time.perf_counter() - t0
         # How far float rounding alone moves this training: the first configuration again, from initial weights
         # changed in their last bit. A stacked-vs-sequential difference of this size is rounding, not a bug.
@@ -185,7 +187,7 @@ def main() -> None:
         "ratio_is": f"the best of the sizes ({headline['preset']}); every size is in `sizes`",
         "goal": "GPU: >= 4x for K = 8 (issue 6 part 4); CPU: reported per size, no goal",
         "baseline": {r["preset"]: r["baseline_s"] for r in rows} | {"what": f"{args.k} sequential Trainer runs, s"},
-        "ours": {r["preset"]: r["ours_s"] for r in rows} | {"what": f"one StackedTrainer of {args.k} replicas, s"},
+        "ours": {r["preset"]: r["ours_s"] for r in rows} | {"what": f"ReplicaGroups of {args.k} replicas, s"},
         "sizes": rows,
         "machine": common.machine_info(device, args.threads, load_before),
         "tf32": {"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},

@@ -5,8 +5,9 @@
 
 For each architecture (the encoder-decoder `model.arch=transformer` on bible-en-es pairs, the decoder-only LM
 `model.arch=decoder` on the English side of the same verses written as a .txt), at the tiny preset:
-- Baseline: K sequential `Trainer` runs (what `decaylab sweep` does with one worker). Ours: one `StackedTrainer`
-  over the same K configurations (λ = 0 plus decoupled λ log-spaced over 1e-5..1e-1). Same steps, same data,
+- Baseline: K sequential `Trainer` runs (what `decaylab sweep` does with one worker). Ours: `ReplicaGroups` (what
+  `sweep --vectorized` runs: on a CPU, stacks side by side, one per core; also timed as one stack in the same
+  process) over the same K configurations (λ = 0 plus decoupled λ log-spaced over 1e-5..1e-1). Same steps, same data,
   same initial weights, one evaluation at the end (40 steps and 2 × 100 examples scored: about the proportion of
   one epoch's steps to its evaluation in a sweep of these 2,000 verses at 512 tokens a batch, ~130 steps to
   2 × 200 examples); the wall time of the whole training (setup and evaluation included, as a sweep pays them per
@@ -42,7 +43,6 @@ from decaylab.models.fused_loss import stacked_linear_cross_entropy
 from decaylab.runfolder.checkpoint import model_tensors
 from decaylab.training import Trainer
 from decaylab.training.replica_groups import ReplicaGroups
-from decaylab.training.stacked import StackedTrainer
 
 ARCHS = ("transformer", "decoder")
 
@@ -85,8 +85,8 @@ def measure(arch: str, data: str, args, device: torch.device, work: Path) -> dic
     init = model_tensors(build_model(cfgs[0].model, tokenizer.get_vocab_size()))
     # warm-up (allocator, kernels, the CUDA context) for both paths, not timed
     Trainer(cfgs[0], work / "warm-seq", splits=splits, tokenizer=tokenizer, init_weights=init, quiet=True).fit()
-    StackedTrainer(cfgs[:2], [work / "warm-v0", work / "warm-v1"], splits=splits, tokenizer=tokenizer,
-                   init_weights=init).fit()
+    ReplicaGroups(cfgs[:2], [work / "warm-v0", work / "warm-v1"], splits=splits, tokenizer=tokenizer,
+                  init_weights=init).fit()
     results: dict[str, list[float]] = {}
     # process CPU seconds (user + system)
     cpu: dict[str, list[float]] = {"sequential": [], "stacked": [], "stacked_one_group": []}
@@ -105,8 +105,8 @@ def measure(arch: str, data: str, args, device: torch.device, work: Path) -> dic
         def run(rep: int) -> float:
             common.sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
-            replicas = StackedTrainer(configs, [work / f"{name}{rep}-{i}" for i in range(len(configs))],
-                                      splits=splits, tokenizer=tokenizer, init_weights=init).fit()
+            replicas = ReplicaGroups(configs, [work / f"{name}{rep}-{i}" for i in range(len(configs))],
+                                     splits=splits, tokenizer=tokenizer, init_weights=init).fit()
             common.sync(device)
             cpu[name].append(time.process_time() - c0)
             seconds = time.perf_counter() - t0
@@ -115,7 +115,7 @@ def measure(arch: str, data: str, args, device: torch.device, work: Path) -> dic
         return run
 
     variants = {"sequential": run_sequential, "stacked": stacked_run("stacked", cfgs)}
-    if device.type == "cpu" and args.threads > 1:  # the same stack without replica groups (one stack, all threads)
+    if device.type == "cpu" and args.threads > 1:  # the same replicas as one stack (all threads on it)
         variants["stacked_one_group"] = stacked_run("stacked_one_group", [
             c.model_copy(update={"train": c.train.model_copy(update={"replica_groups": 1})}) for c in cfgs])
     # rotating order (sequential first, then the stack first, ...): load drift on a shared machine hits all alike
@@ -204,17 +204,9 @@ def step_designs(config, vocab: int, batch, k: int, reps: int) -> dict:
             p.grad = None
         stacked(*args, target_index=target_index).sum().backward()
 
-    groups = ReplicaGroups(params, torch.get_num_threads(), lambda views, start, end: build_stacked(
-        cfg, views, [0.0] * (end - start))) if device.type == "cpu" and torch.get_num_threads() > 1 else None
-
-    def grouped() -> None:
-        groups.backward(lambda model: model(*args, target_index=target_index))
-
     designs = {"sequential": single, "vmap": vmapped, "batched_weights": batched}
-    if groups is not None:
-        designs["groups"] = grouped
-    # both clocks: CPU time is the work (less moved by other processes on a busy machine), wall time what the
-    # replica groups gain (their threads run side by side: the same work in less time); a GPU: wall only
+    # both clocks: CPU time is the work (less moved by other processes on a busy machine), wall time the
+    # threads' use; a GPU: wall only
     cpu_clock = device.type == "cpu"
     cpu: dict[str, list[float]] = {name: [] for name in designs}
 
@@ -230,13 +222,9 @@ def step_designs(config, vocab: int, batch, k: int, reps: int) -> dict:
 
     import warnings
 
-    try:
-        with warnings.catch_warnings():  # vmap's "no batching rule" warning is the finding, said in the docs
-            warnings.simplefilter("ignore")
-            warm, seconds = common.interleave({name: timed(name, fn) for name, fn in designs.items()}, reps)
-    finally:
-        if groups is not None:
-            groups.close()
+    with warnings.catch_warnings():  # vmap's "no batching rule" warning is the finding, said in the docs
+        warnings.simplefilter("ignore")
+        warm, seconds = common.interleave({name: timed(name, fn) for name, fn in designs.items()}, reps)
     wall = {name: round(common.median(v), 4) for name, v in seconds.items()}
     # the warm-up repetition's CPU seconds are dropped as its wall seconds are
     cpu_s = {name: round(common.median(v[len(warm[name]):]), 4) for name, v in cpu.items()}
@@ -248,9 +236,6 @@ def step_designs(config, vocab: int, batch, k: int, reps: int) -> dict:
         result["median_wall_s"] = wall
         result["wall_ratios"] = {name: round(wall["sequential"] / wall[name], 3) for name in designs
                                  if name != "sequential"}
-        if groups is not None:
-            result["groups"] = len(groups)
-            result["groups_ratio"] = round(medians["sequential"] / medians["groups"], 3)
     return result
 
 
@@ -296,10 +281,8 @@ def main() -> None:
                      else "") + "  (max |Δ val loss| "
                   f"{row['max_abs_val_loss_difference']:.1e}; rounding sensitivity "
                   f"{row['rounding_sensitivity']:.1e}); one step: vmap {step['vmap_ratio']:.2f}x, "
-                  f"batched weights {step['batched_weights_ratio']:.2f}x of {args.k} single models (CPU time)"
-                  + (f"; wall: batched weights {step['wall_ratios']['batched_weights']:.2f}x, in "
-                     f"{step['groups']} replica groups {step['wall_ratios']['groups']:.2f}x" if "groups" in step
-                     else ""), flush=True)
+                  f"batched weights {step['batched_weights_ratio']:.2f}x of {args.k} single models (CPU time)",
+                  flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
@@ -307,7 +290,7 @@ def main() -> None:
         "ratio_is": "the smaller of the architectures' ratios; each is in `archs`",
         "goal": ">= 2x at the tiny preset on CPU, >= 4x on a GPU (issue 13 item 6)",
         "baseline": {r["arch"]: r["baseline_s"] for r in rows} | {"what": f"{args.k} sequential Trainer runs, s"},
-        "ours": {r["arch"]: r["ours_s"] for r in rows} | {"what": f"one StackedTrainer of {args.k} replicas, s"},
+        "ours": {r["arch"]: r["ours_s"] for r in rows} | {"what": f"ReplicaGroups of {args.k} replicas, s"},
         "settings": {"batch_tokens": args.batch_tokens, "block_size": args.block_size, "pairs": args.pairs,
                      "vocab": args.vocab, "lr": args.lr, "dropout": 0.1},
         "archs": rows,

@@ -277,9 +277,9 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
     replica_groups: int | None = Field(None, ge=1, description=(
-        "sweep --vectorized on a CPU: the stack's replicas run as this many groups side by side, the threads "
-        "shared among them (default: one group per thread, at most one per replica, and one stack under "
-        "OMP_WAIT_POLICY=active; 1 = one stack)"))
+        "sweep --vectorized on a CPU: the replicas train as this many stacks side by side, each in its own "
+        "thread with its share of the threads (default: one per thread, at most one per replica, and one stack "
+        "under OMP_WAIT_POLICY=active; 1 = one stack)"))
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     tensorboard: bool = False
 

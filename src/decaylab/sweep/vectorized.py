@@ -2,8 +2,8 @@
 
 A drop-in `TrialRunner` (see `workers.py`): jobs that train on the same data from the same step (one fold, one
 rung; seed repeats share the data order) form one stack of at most `max_replicas` replicas, trained by
-`StackedTrainer` into the usual run folders, so rows, resumes, the report and the final model are the same as
-with the sequential runner.
+`ReplicaGroups` (on a CPU, as stacks side by side, one per core; `StackedTrainer` each) into the usual run
+folders, so rows, resumes, the report and the final model are the same as with the sequential runner.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from decaylab.sweep.shared import load_shared
 from decaylab.sweep.store import SweepStore
 from decaylab.sweep.trial import TrialContext, TrialJob, checkpoint_step, checkpointed_history, trial_row
 from decaylab.sweep.workers import OnResult, TrialRunner
-from decaylab.training.stacked import StackedTrainer
+from decaylab.training.replica_groups import ReplicaGroups
 
 STRATEGIES = ("grid", "cv", "halving")  # the strategies whose points are known before training starts
 
@@ -50,7 +50,7 @@ def vectorized_runner(max_replicas: int | None = None, quiet: bool = True) -> Tr
             if fold is not None:
                 assert ctx.folds is not None
                 splits = fold_splits(splits, ctx.folds[fold], fold, len(ctx.folds))
-            trainer = StackedTrainer([trial_config(base, job.point, ctx.modes, job.seed) for job in stack],
+            trainer = ReplicaGroups([trial_config(base, job.point, ctx.modes, job.seed) for job in stack],
                                      [store.run_dir(job.key) for job in stack], splits=splits,
                                      tokenizer=shared.tokenizer,
                                      init_weights=[shared.init_for(job.seed) for job in stack],

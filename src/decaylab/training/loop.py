@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -153,11 +154,18 @@ class Engine(Protocol):
         ...
 
 
-class TrainingLoop:
-    """Trains the engine's active runs to the end of their schedule, budget or patience."""
+class Cancelled(Exception):
+    """The loop stopped before a step because its `cancel` event was set (runs side by side: another failed)."""
 
-    def __init__(self, engine: Engine, quiet: bool = False, shard: Shard | None = None) -> None:
+
+class TrainingLoop:
+    """Trains the engine's active runs to the end of their schedule, budget or patience (or until `cancel` is set:
+    `Cancelled` is raised before the next step; what the last evaluation wrote stays, and a resume continues)."""
+
+    def __init__(self, engine: Engine, quiet: bool = False, shard: Shard | None = None,
+                 cancel: threading.Event | None = None) -> None:
         self.engine = engine
+        self.cancel = cancel
         self.shard = shard or Shard()
         self.quiet = quiet or not self.shard.writes  # rank 0 alone speaks for a data-parallel run
         self.progress_bar: StepProgress | None = None
@@ -202,6 +210,8 @@ class TrainingLoop:
             groups = epoch_groups(engine.config, engine.train_data, epoch)
             data = engine.train_data
             for index in range(batch_index, len(groups)):
+                if self.cancel is not None and self.cancel.is_set():
+                    raise Cancelled
                 batch = self.shard.cut(data, groups[index]).to(engine.device)
                 runs = list(engine.active)
                 # whether this step ends with an evaluation, known before it is taken: only then does the

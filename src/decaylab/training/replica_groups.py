@@ -1,26 +1,36 @@
-"""On a CPU, a stack's replicas run as groups side by side, one core each, instead of every op split over cores.
+"""On a CPU, a vectorized run's replicas as G stacks that train side by side, one per core, each in its own thread.
 
-A tiny model's ops are too small for torch's intra-op threads to pay (a single run of the tiny preset gains
-little from a second core); a stack's replicas, though, are independent all the way through, so G groups of K/G
-replicas on G threads (by default one per thread, with one intra-op thread each; with more threads than replicas,
-each group gets its share) keep every core busy with no synchronization inside an op, and
-what torch runs serially (the dropout draws, a small op's dispatch) runs G-wide too (docs/benchmarks.md §3d has the
-measurements). Each group is the architecture's stacked model over leaf views of the engine's stacked parameters
-(rows of the same storage), so the optimizer, the decay rules and the checkpoints still see one [K, ...] tensor per
-parameter; each thread runs its group's forward and backward (CPU autograd runs on the calling thread), and the
-groups' gradients are concatenated into the stacked parameters' `.grad`. Replica k computes what it computes in
-the whole stack: the same ops on its own slices, the same dropout draws from its own generator (equal to float
-rounding: a GEMM over fewer replicas, on fewer threads, may round its last bit differently).
+A tiny model's ops are too small for torch's intra-op threads to pay (a single run of the tiny preset gains little
+from a second core), but a stack's replicas are independent all the way through. So `ReplicaGroups` splits the K
+replicas into G contiguous groups (by default one per intra-op thread, at most one per replica; `train.replica_groups`
+sets G, 1 keeps one stack) and trains each group as its own `StackedTrainer` in a worker thread with its share of
+the threads (one each on a machine with as many threads as groups). The stacks share nothing but the encoded data,
+so none waits for another: no barrier per step, and each runs its optimizer step, evaluations and checkpoints on its
+own core (an earlier design ran the groups in lockstep inside one engine and measured 1.64-1.76x against 2.0x for
+this one on the decoder LM; docs/benchmarks.md §3d). Replica k computes what it computes in one stack: the same ops
+on its own slices, the same dropout draws from its own generator (equal to float rounding: a GEMM over fewer
+replicas, on fewer threads, may round its last bit differently). A GPU runs one stack.
+
+The stacks are built one after another in the calling thread (building draws the initial weights from the global
+generator) and only their training runs in the workers. If one fails, the others stop before their next step and
+the first error is raised; what their last evaluations wrote stays, and a resume continues every replica.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import os
+import threading
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
 
-from decaylab.models.stacked import StackedModel
+from decaylab.config import Config
+from decaylab.data.splits import Splits
+from decaylab.device import resolve_device
+from decaylab.training.loop import Cancelled
+from decaylab.training.stacked import Replica, StackedTrainer, check_stack
 
 
 def group_bounds(replicas: int, groups: int) -> list[tuple[int, int]]:
@@ -35,59 +45,81 @@ def group_bounds(replicas: int, groups: int) -> list[tuple[int, int]]:
     return bounds
 
 
-class ReplicaGroups:
-    """The stacked `params` [K, ...] as `groups` stacked models (built by `build(views, start, end)`) on threads,
-    each with `threads // groups` intra-op threads (at least one)."""
+def default_replica_groups(threads: int) -> int:
+    """Stacks side by side when `train.replica_groups` is unset: one per intra-op thread, except under
+    OMP_WAIT_POLICY=active, where an idle OpenMP thread spins and takes a core from the other stacks' workers
+    (measured with groups in lockstep: 0.86x of one stack for the decoder LM, 1.19x instead of 1.52x for a
+    vectorized grid of RNNs; docs/benchmarks.md §3d), so one stack."""
+    return 1 if os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "active" else threads
 
-    def __init__(self, params: dict[str, torch.Tensor], groups: int,
-                 build: Callable[[dict[str, torch.Tensor], int, int], StackedModel], threads: int | None = None):
-        self.params = params
-        self.bounds = group_bounds(next(iter(params.values())).size(0), groups)
-        self.threads = max(1, (threads or torch.get_num_threads()) // len(self.bounds))
-        # leaf views: row slices of the stacked tensors (the optimizer's in-place steps show through them)
-        self.views = [{name: p.detach()[start:end].requires_grad_(True) for name, p in params.items()}
-                      for start, end in self.bounds]
-        self.models = [build(views, start, end) for views, (start, end) in zip(self.views, self.bounds, strict=True)]
-        # the groups are the parallelism: each worker gets its share of the threads (set per thread; the caller
-        # keeps its own)
-        self.pool = ThreadPoolExecutor(len(self.bounds), thread_name_prefix="decaylab-replicas",
-                                       initializer=torch.set_num_threads, initargs=(self.threads,))
+
+def _part(values, start: int, end: int):
+    """Rows [start, end) of a per-replica list; a value shared by every replica (or None) as is."""
+    return values[start:end] if isinstance(values, list) else values
+
+
+class ReplicaGroups:
+    """Trains `configs` into `run_dirs` (StackedTrainer's arguments) as G stacks side by side; `fit()` returns
+    every replica in the order of `configs`."""
+
+    def __init__(self, configs: list[Config], run_dirs: list[Path], *, splits: Splits, tokenizer: Tokenizer,
+                 init_weights: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]] | None = None,
+                 budgets: list[float | None] | None = None, names: list[str] | None = None, resume: bool = True,
+                 quiet: bool = True):
+        if not configs or len(configs) != len(run_dirs):
+            raise ValueError(f"{len(configs)} configs for {len(run_dirs)} run folders")
+        check_stack(configs)  # across all replicas: each stack checks only its own
+        cfg = configs[0].train
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        threads = torch.get_num_threads()
+        groups = min(cfg.replica_groups or default_replica_groups(threads), len(configs)) \
+            if resolve_device(cfg.device).type == "cpu" else 1
+        self.bounds = group_bounds(len(configs), groups)
+        self.threads = max(1, threads // len(self.bounds))  # each stack's intra-op threads
+        self.stacks: list[StackedTrainer] = []
+        try:
+            for g, (start, end) in enumerate(self.bounds):
+                self.stacks.append(StackedTrainer(
+                    configs[start:end], run_dirs[start:end], splits=splits, tokenizer=tokenizer,
+                    init_weights=_part(init_weights, start, end), budgets=_part(budgets, start, end),
+                    names=_part(names, start, end), resume=resume, quiet=quiet or g > 0,  # one progress bar
+                    encoded=self.stacks[0].encoded if self.stacks else None))
+        except BaseException:
+            for stack in self.stacks:  # stacks that could not all be built own nothing
+                stack.release()
+            raise
 
     def __len__(self) -> int:
-        return len(self.bounds)
+        return len(self.stacks)
 
-    def train(self, mode: bool = True) -> ReplicaGroups:
-        """Training or eval mode for every group, like nn.Module.train."""
-        for model in self.models:
-            model.train(mode)
-        return self
+    @property
+    def replicas(self) -> list[Replica]:
+        """Every replica, in the order of the configs."""
+        return [r for stack in self.stacks for r in stack.replicas]
 
-    def backward(self, loss_of: Callable[[StackedModel], torch.Tensor]) -> torch.Tensor:
-        """Per-replica losses [K] (detached): `loss_of(group model)` in each group's thread, its sum's backward
-        there too; the stacked parameters' `.grad` is then the groups' gradients, replica-major."""
+    @property
+    def active(self) -> list[Replica]:
+        """The replicas still training."""
+        return [r for stack in self.stacks for r in stack.active]
 
-        def run(g: int) -> torch.Tensor:
-            for view in self.views[g].values():
-                view.grad = None
-            loss = loss_of(self.models[g])
-            loss.sum().backward()
-            return loss.detach()
-
-        losses = list(self.pool.map(run, range(len(self.bounds))))
-        for name, p in self.params.items():  # every group is the same model on the same batch: all or none have one
-            grads = [views[name].grad for views in self.views]
-            p.grad = None if grads[0] is None else torch.cat(grads)
-        return torch.cat(losses)
-
-    def map(self, fn: Callable[[StackedModel], torch.Tensor]) -> torch.Tensor:
-        """`fn(group model)` of every group, side by side (no autograd), concatenated over the replicas."""
-
-        def run(g: int) -> torch.Tensor:
-            with torch.no_grad():  # grad mode is per thread: the caller's no_grad does not reach the workers
-                return fn(self.models[g])
-
-        return torch.cat(list(self.pool.map(run, range(len(self.bounds)))))
-
-    def close(self) -> None:
-        """Let the worker threads go (a rebuilt stack makes new groups)."""
-        self.pool.shutdown(wait=True)
+    def fit(self) -> list[Replica]:
+        """Train the stacks side by side (one stack: in this thread); returns every replica."""
+        if len(self.stacks) == 1:
+            return self.stacks[0].fit()
+        cancel = threading.Event()
+        # threads are set per thread: each worker takes its share, the caller keeps its own
+        pool = ThreadPoolExecutor(len(self.stacks), thread_name_prefix="decaylab-stack",
+                                  initializer=torch.set_num_threads, initargs=(self.threads,))
+        futures = [pool.submit(stack.fit, cancel) for stack in self.stacks]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:  # an error in a stack, or an interrupt here: the others stop before their next step
+            if not all(f.done() and f.exception() is None for f in futures):
+                cancel.set()
+            pool.shutdown(wait=True)
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        first = next((e for e in errors if not isinstance(e, Cancelled)), None)
+        if first is not None:
+            raise first
+        return self.replicas

@@ -12,8 +12,8 @@ trajectory to float rounding:
   update; a rule without a stacked kernel is refused by name;
 - early stopping, epoch budgets and divergence per replica are the loop's: a replica that stops leaves the stack
   (its slices are dropped), so the others run faster and are unaffected;
-- on a CPU, the replicas run as groups side by side, the threads shared among them (`train.replica_groups`,
-  replica_groups.py): the same computation per replica, every core busy without splitting each small op.
+- on a CPU, `ReplicaGroups` (replica_groups.py) splits a vectorized run's replicas into stacks of this engine
+  that train side by side, one per core (`train.replica_groups`).
 Each replica writes the ordinary run folder of a single run (config, meta, metrics.jsonl, best/last checkpoints
 with a `Trainer`-format optimizer state), so `Trainer(resume=True)` can continue any of them, and a killed
 vectorized run resumes from those folders.
@@ -29,7 +29,7 @@ seed and the replica's name: the masks agree with a sequential run's in distribu
 from __future__ import annotations
 
 import copy
-import os
+import threading
 import weakref
 import zlib
 from dataclasses import dataclass, field
@@ -62,7 +62,6 @@ from decaylab.runfolder.checkpoint import (
 from decaylab.runfolder.layout import RunPaths, build_meta, write_run_header
 from decaylab.runfolder.lock import FolderLock
 from decaylab.training.loop import RunState, TrainingLoop, fresh_progress
-from decaylab.training.replica_groups import ReplicaGroups
 from decaylab.training.schedule import lr_multiplier
 from decaylab.training.steady import SteadyView
 from decaylab.training.trainer import bleu_sample, optimizer_kwargs
@@ -86,12 +85,24 @@ def shared_settings(config: Config) -> dict[str, Any]:
     return raw
 
 
-def default_replica_groups(threads: int) -> int:
-    """Groups of a CPU stack when `train.replica_groups` is unset: one per intra-op thread, except under
-    OMP_WAIT_POLICY=active, where an idle OpenMP thread spins and takes a core from the groups' workers (measured:
-    the groups 0.86x of one stack for the decoder LM, 1.19x instead of 1.52x for a vectorized grid of RNNs;
-    docs/benchmarks.md §3d), so one stack."""
-    return 1 if os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "active" else threads
+def check_stack(configs: list[Config]) -> None:
+    """Refuse configs that cannot train as one stack: an architecture without a stacked form, an adaptive output,
+    replicas that differ in more than the per-replica fields, a rule without a stacked kernel."""
+    if configs[0].model.arch not in STACKED_MODELS:
+        raise UserError(f"the stacked engine has no stacked form of model.arch {configs[0].model.arch!r} (it "
+                        f"trains {', '.join(map(repr, STACKED_MODELS))}); train it without --vectorized")
+    if configs[0].model.output != "full":
+        raise UserError(f"the stacked model has the full softmax only (model.output is {configs[0].model.output!r})")
+    reference = shared_settings(configs[0])
+    for cfg in configs[1:]:
+        if shared_settings(cfg) != reference:
+            raise ValueError("replicas of one stack may differ only in " + ", ".join(
+                f"{s}.{k}" if s else k for s, keys in REPLICA_FIELDS.items() for k in keys)
+                + " (a different seed needs a shared data_seed)")
+    try:  # a rule the stack cannot run is refused by name, before anything is written
+        ReplicaDecay.check([c.regularization.rule_settings() for c in configs])
+    except UnsupportedRule as exc:
+        raise UserError(f"regularization: {exc}") from None
 
 
 def _parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -112,30 +123,20 @@ class Replica(RunState):
 
 
 class StackedTrainer:
-    """Trains `configs` into `run_dirs` as one stacked model; `fit()` returns each replica's final status."""
+    """Trains `configs` into `run_dirs` as one stacked model; `fit()` returns each replica's final status.
+
+    `encoded`: the `encode_run_data` result of these configs on `splits` where the caller has it already (the
+    stacks of one `ReplicaGroups` share it).
+    """
 
     def __init__(self, configs: list[Config], run_dirs: list[Path], *, splits: Splits, tokenizer: Tokenizer,
                  init_weights: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]] | None = None,
                  budgets: list[float | None] | None = None,
-                 names: list[str] | None = None, resume: bool = True, quiet: bool = True):
+                 names: list[str] | None = None, resume: bool = True, quiet: bool = True,
+                 encoded: tuple | None = None):
         if not configs or len(configs) != len(run_dirs):
             raise ValueError(f"{len(configs)} configs for {len(run_dirs)} run folders")
-        if configs[0].model.arch not in STACKED_MODELS:
-            raise UserError(f"the stacked engine has no stacked form of model.arch {configs[0].model.arch!r} (it "
-                            f"trains {', '.join(map(repr, STACKED_MODELS))}); train it without --vectorized")
-        if configs[0].model.output != "full":
-            raise UserError(f"the stacked model has the full softmax only (model.output is "
-                            f"{configs[0].model.output!r})")
-        reference = shared_settings(configs[0])
-        for cfg in configs[1:]:
-            if shared_settings(cfg) != reference:
-                raise ValueError("replicas of one stack may differ only in " + ", ".join(
-                    f"{s}.{k}" if s else k for s, keys in REPLICA_FIELDS.items() for k in keys)
-                    + " (a different seed needs a shared data_seed)")
-        try:  # a rule the stack cannot run is refused by name, before anything is written
-            ReplicaDecay.check([c.regularization.rule_settings() for c in configs])
-        except UnsupportedRule as exc:
-            raise UserError(f"regularization: {exc}") from None
+        check_stack(configs)
         base = self.base = configs[0]
         cfg = base.train
         if cfg.threads:
@@ -146,7 +147,8 @@ class StackedTrainer:
         # the replicas' dropout streams replay their sequential runs' (see the module docstring)
         self.sequential_masks = STACKED_MODELS[base.model.arch].SEQUENTIAL_MASKS and self.device.type == "cpu"
         self._streams: dict[int, torch.Tensor] = {}  # seed -> the global generator's state after the model's build
-        self.train_data, _, self.valid_eval, self.train_eval = encode_run_data(base, tokenizer, splits)
+        self.encoded = encoded or encode_run_data(base, tokenizer, splits)
+        self.train_data, _, self.valid_eval, self.train_eval = self.encoded
         # each replica's λ from its `regularization.tau_epochs` on the data the stack shares (as its Trainer would)
         configs = [resolve_timescale(config, self.train_data) for config in configs]
         base = self.base = configs[0]
@@ -190,7 +192,6 @@ class StackedTrainer:
             weights, states, sched_state, lr = self._start(resume)
             self.active = [r for r in self.replicas if r.status is None]
             self.params: dict[str, torch.Tensor] = {}
-            self.replica_groups: ReplicaGroups | None = None
             if self.active:
                 self.params = {name: torch.stack([weights[r.name][name] for r in self.active]).to(self.device)
                                .requires_grad_(True) for name in self.names}
@@ -305,15 +306,6 @@ class StackedTrainer:
                 group["lr"] = lr
         dropouts, generators = [r.config.model.dropout for r in self.active], [r.generator for r in self.active]
         self.model = build_stacked(self.base.model, self.params, dropouts, generators)
-        # On a CPU, groups of replicas side by side, the threads shared among them (replica_groups.py);
-        # `train.replica_groups=1` (or one thread) keeps one stack. A GPU runs the one stack.
-        if self.replica_groups is not None:
-            self.replica_groups.close()
-        threads = torch.get_num_threads()
-        groups = min(cfg.replica_groups or default_replica_groups(threads), len(self.active)) \
-            if self.device.type == "cpu" else 1
-        self.replica_groups = ReplicaGroups(self.params, groups, lambda views, start, end: build_stacked(
-            self.base.model, views, dropouts[start:end], generators[start:end]), threads) if groups > 1 else None
 
         # every replica's decay rules, from the registry
         self.decay = ReplicaDecay([r.reg for r in self.active], self.multiplier, self.params, cfg.lr, self.device,
@@ -354,14 +346,11 @@ class StackedTrainer:
 
         # a replica's non-finite loss reaches only its own slices (the sum's gradient is 1 for each replica, and
         # clipping, the rules and the optimizer act per replica); the loop takes it out of the stack
-        if self.replica_groups is not None:
-            losses = self.replica_groups.backward(task_loss).float()
-        else:
-            for p in self.params.values():
-                p.grad = None
-            task = task_loss(self.model)
-            task.sum().backward()
-            losses = task.detach().float()
+        for p in self.params.values():
+            p.grad = None
+        task = task_loss(self.model)
+        task.sum().backward()
+        losses = task.detach().float()
         # as the Trainer: a replica whose loss with its penalty overflows has diverged too (read back by the loop)
         totals = losses + self.decay.penalties() if self.decay.has_penalty else losses
         self._regularize_and_step()
@@ -390,9 +379,8 @@ class StackedTrainer:
         precision = self.base.train.precision
 
         def scores(data) -> list[float]:
-            def score(model) -> torch.Tensor:
-                return corpus_losses(model, data, self.device, model.eval_batch_tokens(self.device), precision)
-            return (self.replica_groups.map(score) if self.replica_groups is not None else score(self.model)).tolist()
+            return corpus_losses(self.model, data, self.device, self.model.eval_batch_tokens(self.device),
+                                 precision).tolist()
 
         val, train = scores(self.valid_eval), scores(self.train_eval)
         zero = torch.zeros(len(self.active), device=self.device)
@@ -480,19 +468,22 @@ class StackedTrainer:
         return SteadyView(self.active, self.params, self.multiplier, self.template, self.lr(),
                           lambda: self.decay.decay_factors(self.lr(), self.scheduler.last_epoch, self.optimizer))
 
-    def fit(self) -> list[Replica]:
-        """Train every active replica to the end of its schedule, budget or patience; returns all replicas."""
+    def fit(self, cancel: threading.Event | None = None) -> list[Replica]:
+        """Train every active replica to the end of its schedule, budget or patience; returns all replicas.
+
+        `cancel` set (by another thread) stops the training before its next step (`loop.Cancelled`)."""
         try:
             for owner in self.owners:
                 owner.acquire()
-            TrainingLoop(self, quiet=self.quiet).fit()
+            TrainingLoop(self, quiet=self.quiet, cancel=cancel).fit()
         finally:
-            if self.replica_groups is not None:
-                self.replica_groups.close()
-                self.replica_groups = None
-            for owner in self.owners:
-                owner.release()
+            self.release()
         return self.replicas
+
+    def release(self) -> None:
+        """Give up the replicas' run folders (fit() does at its end; a stack never fitted may)."""
+        for owner in self.owners:
+            owner.release()
 
 
 def _stack_slot(values: list[Any], device: torch.device) -> Any:
