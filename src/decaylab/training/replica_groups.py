@@ -6,10 +6,11 @@ replicas into G contiguous groups (by default one per intra-op thread, at most o
 sets G, 1 keeps one stack) and trains each group as its own `StackedTrainer` in a worker thread with its share of
 the threads (one each on a machine with as many threads as groups). The stacks share nothing but the encoded data,
 so none waits for another: no barrier per step, and each runs its optimizer step, evaluations and checkpoints on its
-own core (an earlier design ran the groups in lockstep inside one engine and measured 1.64-1.76x against 2.0x for
-this one on the decoder LM; docs/benchmarks.md §3d). Replica k computes what it computes in one stack: the same ops
-on its own slices, the same dropout draws from its own generator (equal to float rounding: a GEMM over fewer
-replicas, on fewer threads, may round its last bit differently). A GPU runs one stack.
+own core (an earlier design ran the groups in lockstep inside one engine: 1.64-1.76x the sequential runs for the
+decoder LM on a 2-core CPU, against 1.96-2.24x for this one; docs/benchmarks.md §3d). Replica k computes what it
+computes in one stack: the same ops on its own slices, the same dropout draws from its own generator (equal to
+float rounding: a GEMM over fewer replicas, on fewer threads, may round its last bit differently). A GPU runs one
+stack.
 
 The stacks are built one after another in the calling thread (building draws the initial weights from the global
 generator) and only their training runs in the workers. If one fails, the others stop before their next step and
@@ -47,9 +48,9 @@ def group_bounds(replicas: int, groups: int) -> list[tuple[int, int]]:
 
 def default_replica_groups(threads: int) -> int:
     """Stacks side by side when `train.replica_groups` is unset: one per intra-op thread, except under
-    OMP_WAIT_POLICY=active, where an idle OpenMP thread spins and takes a core from the other stacks' workers
-    (measured with groups in lockstep: 0.86x of one stack for the decoder LM, 1.19x instead of 1.52x for a
-    vectorized grid of RNNs; docs/benchmarks.md §3d), so one stack."""
+    OMP_WAIT_POLICY=active, where an idle OpenMP thread spins and takes a core from the stacks' workers (2 stacks
+    of the decoder LM measured slower than one stack there, as the groups in lockstep before them did; a
+    vectorized grid of RNNs 1.19x instead of 1.52x; docs/benchmarks.md §3d), so one stack."""
     return 1 if os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "active" else threads
 
 
