@@ -65,7 +65,7 @@ def test_stacks_side_by_side_follow_each_sequential_run(arch: str, tmp_path: Pat
     seen = _record_fits(monkeypatch)
     groups = ReplicaGroups(configs, [tmp_path / f"v{i}" for i in range(len(configs))], splits=splits,
                            tokenizer=tokenizer)
-    assert groups.bounds == [(0, 3), (3, 5)] and groups.threads == 1
+    assert groups.bounds == [(0, 3), (3, 5)] and groups.threads == [1, 1]
     assert groups.stacks[1].encoded is groups.stacks[0].encoded  # the data is encoded once
     replicas = groups.fit()
     assert len({name for name, _ in seen}) == 2 and threading.current_thread().name not in {n for n, _ in seen}
@@ -109,20 +109,23 @@ def test_replicas_leave_their_own_stack(tmp_path: Path) -> None:
     assert replicas[3].history[-1]["epoch"] == 1
 
 
-@pytest.mark.parametrize("setting,threads,expected,each", [(None, 2, [(0, 2), (2, 3)], 1), (1, 2, [(0, 3)], 2),
-                                                           (3, 2, [(0, 1), (1, 2), (2, 3)], 1),
-                                                           (None, 1, [(0, 3)], 1), (2, 4, [(0, 2), (2, 3)], 2)])
-def test_train_replica_groups_sets_how_the_replicas_split(setting: int | None, threads: int, expected, each: int,
-                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize("setting,threads,expected,each", [
+    (None, 2, [(0, 2), (2, 3)], [1, 1]), (1, 2, [(0, 3)], [2]), (3, 2, [(0, 1), (1, 2), (2, 3)], [1, 1, 1]),
+    (None, 1, [(0, 3)], [1]), (2, 4, [(0, 2), (2, 3)], [2, 2]), (2, 3, [(0, 2), (2, 3)], [2, 1])])
+def test_train_replica_groups_sets_how_the_replicas_split(setting: int | None, threads: int, expected, each: list,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Default: one stack per thread (at most one per replica); 1 or a single thread: one stack; the threads are
-    shared among the stacks (at least one each)."""
+    shared among the stacks (at least one each, a remainder to the first), and each stack trains with its share."""
     extra = [f"train.replica_groups={setting}"] if setting else []
     base = arch_config("decoder", "train.max_steps=2", f"train.threads={threads}", *extra)
     configs = [variant(base, mode="decoupled", weight_decay=w) for w in (0.0, 0.1, 0.2)]
     splits, tokenizer = arch_data("decoder")
     groups = ReplicaGroups(configs, [tmp_path / f"v{i}" for i in range(3)], splits=splits, tokenizer=tokenizer)
     assert groups.bounds == expected and len(groups) == len(expected) and groups.threads == each
+    seen = _record_fits(monkeypatch)
     assert [r.status for r in groups.fit()] == ["done"] * 3
+    if len(expected) > 1:
+        assert sorted(n for _, n in seen) == sorted(each)
 
 
 def test_one_stack_by_default_where_idle_openmp_threads_spin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ def test_equal_streams_draw_once_and_every_replica_gets_its_own_mask():
                 assert torch.equal(masks[k], expected[k][call])
         assert masks[1] is masks[0]  # same seed, same rate: one draw
         assert masks[2] is not masks[0] and masks[3] is not masks[0]  # another stream; another rate
-    # replicas 0 and 1 share a draw; 2 (another seed) and 3 (another rate, whose state is then not 0's) do not
+    # replicas 0 and 1 share a draw; 2 (another seed) and 3 (another rate, even where its state equals 0's) do not
     assert len(drawn) == 3 * 3
     for generator, state in zip(generators, final, strict=True):
         assert torch.equal(generator.get_state(), state)

@@ -84,9 +84,11 @@ class StackedModel:
         """Replica k's dropout mask `draw(rates[k], generators[k])` (None at rate 0), with one draw for replicas
         whose rates are equal and whose generators are in the same state.
 
-        Such replicas would draw the very same mask (a λ sweep's replicas share the run seed, so all of them do),
-        so the first one draws it and the others' generators are moved to its generator's new state: every
-        stream ends where its own draw would have left it, and the masks are the ones each would have drawn.
+        Such replicas would draw the very same mask, so the first one draws it and the others' generators are moved
+        to its generator's new state: every stream ends where its own draw would have left it, and the masks are
+        the ones each would have drawn. This happens where the generators replay the sequential runs' streams (the
+        Transformers on the CPU: a λ sweep's replicas share the run seed, so all of them share the draws); the RNN's
+        and a GPU's generators are seeded per replica name and draw apart.
         """
         masks: list[torch.Tensor | None] = [None] * len(rates)
         drawn: list[tuple[int, torch.Tensor]] = []  # (replica that drew, its generator's state before the draw)

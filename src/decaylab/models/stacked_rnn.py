@@ -37,12 +37,14 @@ class StackedSeq2Seq(StackedModel):
         rates = self.dropouts if rates is None else rates
         if not self.training or not any(r > 0 for r in rates):
             return x
-        masks = self.replica_masks(rates, lambda rate, generator: (torch.rand(
-            x.shape[1:], generator=generator, device=x.device, dtype=torch.float32) >= rate).to(x.dtype) / (1.0 - rate))
-        if all(m is masks[0] for m in masks):  # one mask for every replica: broadcast it
-            return x * masks[0]
-        ones = torch.ones(x.shape[1:], device=x.device, dtype=x.dtype)
-        return x * torch.stack([ones if m is None else m for m in masks])
+        masks = []
+        for rate, generator in zip(rates, self.generators, strict=True):
+            if rate > 0:
+                keep = torch.rand(x.shape[1:], generator=generator, device=x.device, dtype=torch.float32) >= rate
+                masks.append(keep.to(x.dtype) / (1.0 - rate))
+            else:
+                masks.append(torch.ones(x.shape[1:], device=x.device, dtype=x.dtype))
+        return x * torch.stack(masks)
 
     def _rnn(self, x: torch.Tensor, prefix: str, states: list[tuple[torch.Tensor, ...]], directions: int,
              valid: torch.Tensor | None) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:

@@ -2,26 +2,27 @@
 
 A tiny model's ops are too small for torch's intra-op threads to pay (a single run of the tiny preset gains little
 from a second core), but a stack's replicas are independent all the way through. So `ReplicaGroups` splits the K
-replicas into G contiguous groups (by default one per intra-op thread, at most one per replica; `train.replica_groups`
-sets G, 1 keeps one stack) and trains each group as its own `StackedTrainer` in a worker thread with its share of
-the threads (one each on a machine with as many threads as groups). The stacks share nothing but the encoded data,
-so none waits for another: no barrier per step, and each runs its optimizer step, evaluations and checkpoints on its
-own core (an earlier design ran the groups in lockstep inside one engine: 1.64-1.76x the sequential runs for the
-decoder LM on a 2-core CPU, against 1.96-2.24x for this one; docs/benchmarks.md §3d). Replica k computes what it
-computes in one stack: the same ops on its own slices, the same dropout draws from its own generator (equal to
-float rounding: a GEMM over fewer replicas, on fewer threads, may round its last bit differently). A GPU runs one
-stack.
+replicas into G contiguous groups (by default one per intra-op thread, at most one per replica;
+`train.replica_groups` sets G, 1 keeps one stack) and trains each group as its own `StackedTrainer` in a worker
+thread with its share of the threads (one each on a machine with as many threads as groups; a remainder goes to the
+first stacks). The stacks share nothing but the encoded data, so none waits for another: no barrier per step, and
+each runs its optimizer step, evaluations and checkpoints on its own core (an earlier design ran the groups in
+lockstep inside one engine: 1.64-1.76x the sequential runs for the decoder LM on a 2-core CPU, against 1.96-2.24x
+for this one; docs/benchmarks.md §3d). Replica k computes what it computes in one stack: the same ops on its own
+slices, the same dropout draws from its own generator (equal to float rounding: a GEMM over fewer replicas, on fewer
+threads, may round its last bit differently). A GPU runs one stack.
 
 The stacks are built one after another in the calling thread (building draws the initial weights from the global
 generator) and only their training runs in the workers. If one fails, the others stop before their next step and
-the first error is raised; what their last evaluations wrote stays, and a resume continues every replica.
+the error of the first failing stack (in replica order) is raised; what their last evaluations wrote stays, and a
+resume continues every replica (the sweep regroups replicas by their checkpoint step).
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import torch
@@ -77,7 +78,8 @@ class ReplicaGroups:
         groups = min(cfg.replica_groups or default_replica_groups(threads), len(configs)) \
             if resolve_device(cfg.device).type == "cpu" else 1
         self.bounds = group_bounds(len(configs), groups)
-        self.threads = max(1, threads // len(self.bounds))  # each stack's intra-op threads
+        share, extra = divmod(threads, len(self.bounds))
+        self.threads = [max(1, share + (g < extra)) for g in range(len(self.bounds))]  # each stack's intra-op threads
         self.stacks: list[StackedTrainer] = []
         try:
             for g, (start, end) in enumerate(self.bounds):
@@ -109,14 +111,22 @@ class ReplicaGroups:
         if len(self.stacks) == 1:
             return self.stacks[0].fit()
         cancel = threading.Event()
-        # threads are set per thread: each worker takes its share, the caller keeps its own
-        pool = ThreadPoolExecutor(len(self.stacks), thread_name_prefix="decaylab-stack",
-                                  initializer=torch.set_num_threads, initargs=(self.threads,))
-        futures = [pool.submit(stack.fit, cancel) for stack in self.stacks]
+
+        def train(g: int) -> list[Replica]:
+            torch.set_num_threads(self.threads[g])  # per thread: each worker takes its share, the caller keeps its own
+            return self.stacks[g].fit(cancel)
+
+        pool = ThreadPoolExecutor(len(self.stacks), thread_name_prefix="decaylab-stack")
+        futures: list[Future] = []
         try:
+            for g in range(len(self.stacks)):
+                futures.append(pool.submit(train, g))
             wait(futures, return_when=FIRST_EXCEPTION)
-        finally:  # an error in a stack, or an interrupt here: the others stop before their next step
-            if not all(f.done() and f.exception() is None for f in futures):
+        except BaseException:  # an interrupt here: every stack stops before its next step
+            cancel.set()
+            raise
+        finally:
+            if any(f.done() and f.exception() is not None for f in futures):  # a stack failed: the others stop
                 cancel.set()
             pool.shutdown(wait=True)
         errors = [f.exception() for f in futures if f.exception() is not None]
