@@ -1,7 +1,7 @@
 """K regularization settings of a Transformer trained at once (`sweep --vectorized`) vs one after another.
 
     python benchmarks/vectorized_transformer.py [--quick] [--device auto|cpu|cuda] [--k 8]
-        [--archs transformer,decoder] [--batch-tokens N] [--steps N] [--reps N] [--out PATH]
+        [--archs transformer,decoder] [--batch-tokens N] [--steps N] [--reps N] [--replica-groups N] [--out PATH]
 
 For each architecture (the encoder-decoder `model.arch=transformer` on bible-en-es pairs, the decoder-only LM
 `model.arch=decoder` on the English side of the same verses written as a .txt), at the tiny preset:
@@ -65,7 +65,8 @@ def configs(arch: str, data: str, args, steps: int) -> list:
         "train.epochs=1000", f"train.max_steps={steps}", f"train.eval_every={steps}",
         f"train.batch_tokens={args.batch_tokens}", f"train.max_eval_examples={args.eval_examples}",
         f"train.device={args.device}", f"train.threads={args.threads}", "train.optimizer=adamw",
-        f"train.lr={args.lr}"])
+        f"train.lr={args.lr}",
+        *([f"train.replica_groups={args.replica_groups}"] if getattr(args, "replica_groups", None) else [])])
     lambdas = [0.0] + [float(x) for x in torch.logspace(-5, -1, args.k - 1).tolist()]
     out = []
     for lam in lambdas:
@@ -252,6 +253,8 @@ def main() -> None:
     ap.add_argument("--eval-examples", type=int, default=100, help="train.max_eval_examples: pairs (blocks for the "
                     "decoder) of the validation and the training subset scored at the end (default 100)")
     ap.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate of every run (default 2e-3)")
+    ap.add_argument("--replica-groups", type=int, default=None, help="train.replica_groups of the stacked run "
+                    "(default: the engine's, one stack per thread; one stack under OMP_WAIT_POLICY=active)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions of both sides, alternating which "
                     "goes first; the median counts (default 2, quick 1)")
     ap.add_argument("--step-reps", type=int, default=None, help="timed repetitions of the one-step designs "
@@ -292,7 +295,8 @@ def main() -> None:
         "baseline": {r["arch"]: r["baseline_s"] for r in rows} | {"what": f"{args.k} sequential Trainer runs, s"},
         "ours": {r["arch"]: r["ours_s"] for r in rows} | {"what": f"ReplicaGroups of {args.k} replicas, s"},
         "settings": {"batch_tokens": args.batch_tokens, "block_size": args.block_size, "pairs": args.pairs,
-                     "vocab": args.vocab, "lr": args.lr, "dropout": 0.1},
+                     "vocab": args.vocab, "lr": args.lr, "dropout": 0.1,
+                     "replica_groups": args.replica_groups},
         "archs": rows,
         "machine": common.machine_info(device, args.threads, load_before),
         "command": common.command_line(),
