@@ -203,3 +203,19 @@ def test_configs_are_checked_across_stacks_and_a_failed_build_locks_nothing(tmp_
     with pytest.raises(RuntimeError, match="cannot build"):
         ReplicaGroups(configs[:3] + configs[:1], folders, splits=splits, tokenizer=tokenizer)
     assert all(holder(folder) is None for folder in folders[:2])  # the first stack let its folders go
+
+
+def test_every_stack_reports_its_evaluations_and_one_shows_the_bar(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Not quiet: each stack prints its evaluation line (naming its own replicas); only the first may draw a bar."""
+    base = arch_config("decoder", "train.max_steps=2", "train.eval_every=2", "train.threads=2")
+    configs = [variant(base, mode="decoupled", weight_decay=w) for w in (0.0, 0.1, 0.2, 0.3)]
+    splits, tokenizer = arch_data("decoder")
+    groups = ReplicaGroups(configs, [tmp_path / f"r{i}" for i in range(4)], splits=splits, tokenizer=tokenizer,
+                           quiet=False)
+    assert [s.bar for s in groups.stacks] == [True, False] and not any(s.quiet for s in groups.stacks)
+    groups.fit()
+    lines = [line for line in capsys.readouterr().err.splitlines() if "val loss" in line]
+    assert len(lines) == 2
+    assert {frozenset(w.split("=")[0] for w in line.split(": val loss ")[1].split()) for line in lines} == {
+        frozenset({"r0", "r1"}), frozenset({"r2", "r3"})}

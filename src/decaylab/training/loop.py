@@ -163,9 +163,10 @@ class TrainingLoop:
     `Cancelled` is raised before the next step; what the last evaluation wrote stays, and a resume continues)."""
 
     def __init__(self, engine: Engine, quiet: bool = False, shard: Shard | None = None,
-                 cancel: threading.Event | None = None) -> None:
+                 cancel: threading.Event | None = None, bar: bool = True) -> None:
         self.engine = engine
         self.cancel = cancel
+        self.bar = bar  # a progress bar on a terminal (else evaluation lines only)
         self.shard = shard or Shard()
         self.quiet = quiet or not self.shard.writes  # rank 0 alone speaks for a data-parallel run
         self.progress_bar: StepProgress | None = None
@@ -178,7 +179,7 @@ class TrainingLoop:
         if not engine.active:
             return
         lead = engine.active[0].progress
-        self.progress_bar = StepProgress(engine.total_steps, lead["step"], self.quiet)
+        self.progress_bar = StepProgress(engine.total_steps, lead["step"], self.quiet, bar=self.bar)
         writers = {run.name: self._tensorboard(run) for run in engine.active
                    if run.config.train.tensorboard and self.shard.writes}
         try:

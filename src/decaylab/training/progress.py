@@ -12,10 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class StepProgress:
     """Steps done out of the run's total, with the running loss; evaluation lines print above the bar."""
 
-    def __init__(self, total: int, done: int, quiet: bool = False):
+    def __init__(self, total: int, done: int, quiet: bool = False, bar: bool = True):
+        """`bar=False`: evaluation lines only (runs side by side show one bar, that of the first)."""
         self.quiet = quiet
         self._bar: Progress | None = None
-        if not quiet and sys.stderr.isatty():
+        if bar and not quiet and sys.stderr.isatty():
             self._bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                  console=Console(stderr=True))

@@ -86,7 +86,7 @@ class ReplicaGroups:
                 self.stacks.append(StackedTrainer(
                     configs[start:end], run_dirs[start:end], splits=splits, tokenizer=tokenizer,
                     init_weights=_part(init_weights, start, end), budgets=_part(budgets, start, end),
-                    names=_part(names, start, end), resume=resume, quiet=quiet or g > 0,  # one progress bar
+                    names=_part(names, start, end), resume=resume, quiet=quiet, bar=g == 0,  # one progress bar
                     encoded=self.stacks[0].encoded if self.stacks else None))
         except BaseException:
             for stack in self.stacks:  # stacks that could not all be built own nothing

@@ -126,14 +126,14 @@ class StackedTrainer:
     """Trains `configs` into `run_dirs` as one stacked model; `fit()` returns each replica's final status.
 
     `encoded`: the `encode_run_data` result of these configs on `splits` where the caller has it already (the
-    stacks of one `ReplicaGroups` share it).
+    stacks of one `ReplicaGroups` share it). `bar=False`: no progress bar, evaluation lines only (unless quiet).
     """
 
     def __init__(self, configs: list[Config], run_dirs: list[Path], *, splits: Splits, tokenizer: Tokenizer,
                  init_weights: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]] | None = None,
                  budgets: list[float | None] | None = None,
                  names: list[str] | None = None, resume: bool = True, quiet: bool = True,
-                 encoded: tuple | None = None):
+                 encoded: tuple | None = None, bar: bool = True):
         if not configs or len(configs) != len(run_dirs):
             raise ValueError(f"{len(configs)} configs for {len(run_dirs)} run folders")
         check_stack(configs)
@@ -142,7 +142,7 @@ class StackedTrainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
-        self.quiet = quiet
+        self.quiet, self.bar = quiet, bar
         self.splits, self.tokenizer = splits, tokenizer
         # the replicas' dropout streams replay their sequential runs' (see the module docstring)
         self.sequential_masks = STACKED_MODELS[base.model.arch].SEQUENTIAL_MASKS and self.device.type == "cpu"
@@ -475,7 +475,7 @@ class StackedTrainer:
         try:
             for owner in self.owners:
                 owner.acquire()
-            TrainingLoop(self, quiet=self.quiet, cancel=cancel).fit()
+            TrainingLoop(self, quiet=self.quiet, cancel=cancel, bar=self.bar).fit()
         finally:
             self.release()
         return self.replicas
