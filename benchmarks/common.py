@@ -133,6 +133,11 @@ def interleave(variants: dict[str, Callable[[int], float]], reps: int, warmup: i
     return warm, timed
 
 
+def one_stack(configs: list) -> list:
+    """The configs with `train.replica_groups=1`: a vectorized run's replicas as one stack (all threads on it)."""
+    return [c.model_copy(update={"train": c.train.model_copy(update={"replica_groups": 1})}) for c in configs]
+
+
 def median(values: list[float]) -> float:
     """Median (NaN for an empty list)."""
     return statistics.median(values) if values else float("nan")

@@ -2,9 +2,9 @@
 
     python benchmarks/profile_group.py [--arch decoder|transformer] [--replicas 4] [--steps 10] [--out PATH]
 
-On a CPU the stacked engine runs K replicas as groups, each in its own thread with one intra-op thread
-(training/replica_groups.py); this profiles one such group alone: the tiny preset of `--arch` on the data of
-benchmarks/vectorized_transformer.py (2,000 bible-en-es verses, V = 2,000, 512 tokens a batch, dropout 0.1), one
+On a CPU a vectorized run trains its K replicas as stacks side by side, each in its own thread with one intra-op
+thread (training/replica_groups.py); this profiles one such stack's step alone: the tiny preset of `--arch` on the
+data of benchmarks/vectorized_transformer.py (2,000 bible-en-es verses, V = 2,000, 512 tokens a batch, dropout 0.1), one
 intra-op thread, `--replicas` stacked replicas, forward and backward of `--steps` steps under `torch.profiler`:
 the share of self time per operator, the milliseconds a step, and the step's GEMM FLOPs (counted from the shapes
 torch records) against the core's measured rate for the output layer's `bmm` shape. This is a profile, not a

@@ -84,10 +84,9 @@ def measure(preset: str, vocab: int, steps: int, args, device: torch.device) -> 
         tokens = replicas[0].history[-1]["tokens_per_s"]  # every replica trains on the same tokens
         one_group_s = None
         if device.type == "cpu" and args.threads > 1:  # the same replicas as one stack (all threads on it)
-            one = [c.model_copy(update={"train": c.train.model_copy(update={"replica_groups": 1})}) for c in cfgs]
             t0 = time.perf_counter()
-            ReplicaGroups(one, [work / f"one{i}" for i in range(len(cfgs))], splits=splits, tokenizer=tokenizer,
-                          init_weights=init).fit()
+            ReplicaGroups(common.one_stack(cfgs), [work / f"one{i}" for i in range(len(cfgs))], splits=splits,
+                          tokenizer=tokenizer, init_weights=init).fit()
             one_group_s = time.perf_counter() - t0
         # How far float rounding alone moves this training: the first configuration again, from initial weights
         # changed in their last bit. A stacked-vs-sequential difference of this size is rounding, not a bug.

@@ -117,8 +117,7 @@ def measure(arch: str, data: str, args, device: torch.device, work: Path) -> dic
 
     variants = {"sequential": run_sequential, "stacked": stacked_run("stacked", cfgs)}
     if device.type == "cpu" and args.threads > 1:  # the same replicas as one stack (all threads on it)
-        variants["stacked_one_group"] = stacked_run("stacked_one_group", [
-            c.model_copy(update={"train": c.train.model_copy(update={"replica_groups": 1})}) for c in cfgs])
+        variants["stacked_one_group"] = stacked_run("stacked_one_group", common.one_stack(cfgs))
     # rotating order (sequential first, then the stack first, ...): load drift on a shared machine hits all alike
     _, seconds = common.interleave(variants, args.reps, warmup=0)
     baseline_s, ours_s = common.median(seconds["sequential"]), common.median(seconds["stacked"])
